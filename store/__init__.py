@@ -1,0 +1,3 @@
+"""The calibration store: SQLAlchemy schema on DuckDB."""
+
+__all__: list[str] = []
