@@ -1,0 +1,95 @@
+"""The SenCache rule, as a pure function of one denoising step (DESIGN.md, "The rule").
+
+    S_i = a·J_x(t_r)·‖x_i − x_r‖ + b·J_t(t_r)·|t_i − t_r| + c
+    skip iff  warmup ≤ i < N − final,  S_i ≤ ε(i / (N − 1)),  and fewer than K skips in a row.
+
+Kept free of hooks and pipelines so that it can be tested by hand and replayed offline on
+stored trajectories (calibration's replay objective uses the same function).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from sencache.norms import rms_diff
+
+__all__ = ["Decision", "RuleParams", "decide", "step_position"]
+
+# Why a row computed (or not): stored in the report so a user can see what the cache did.
+FIRST, WARMUP, FINAL, SCORE, MAX_SKIPS, SKIPPED = "first", "warmup", "final", "score", "max_skips", "skipped"
+
+
+@dataclass(frozen=True)
+class RuleParams:
+    """Everything the rule needs, resolved from a policy and one of its operating points.
+
+    `sens_t` must be ascending; `J_x`/`J_t` are interpolated linearly in t and clamped at the ends.
+    """
+
+    a: float
+    b: float
+    c: float
+    sens_t: np.ndarray
+    sens_jx: np.ndarray
+    sens_jt: np.ndarray
+    eps: Callable[[float], float]
+    max_skips: int
+    zones: Callable[[int], tuple[int, int]]
+
+    def sensitivities(self, t_ref: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return np.interp(t_ref, self.sens_t, self.sens_jx), np.interp(t_ref, self.sens_t, self.sens_jt)
+
+
+@dataclass
+class Decision:
+    """One step's decision for every row: compute mask, scores (NaN where not scored), ε, reasons."""
+
+    compute: torch.Tensor
+    scores: np.ndarray
+    threshold: float
+    reasons: list[str]
+
+
+def step_position(step: int, num_steps: int) -> float:
+    """Normalised position p_i = i / (N − 1), so one ε(p) curve serves every step count."""
+    return 0.0 if num_steps <= 1 else step / (num_steps - 1)
+
+
+def decide(
+    params: RuleParams,
+    step: int,
+    num_steps: int,
+    x: torch.Tensor,
+    t: torch.Tensor,
+    ref_x: torch.Tensor | None,
+    ref_t: torch.Tensor | None,
+    skips_in_row: torch.Tensor | None,
+) -> Decision:
+    """Decide, per row, whether step `step` of `num_steps` runs the block stack.
+
+    `x`, `t` are this step's latent [B, ...] and timestep [B]; `ref_x`, `ref_t` the latent and
+    timestep of each row's last computed step (None before the first one); `skips_in_row` the
+    number of consecutive skips of each row so far.
+    """
+    batch = x.shape[0]
+    threshold = float(params.eps(step_position(step, num_steps)))
+    if ref_x is None or ref_t is None or skips_in_row is None or ref_x.shape[0] != batch:
+        return Decision(torch.ones(batch, dtype=torch.bool), np.full(batch, np.nan), threshold, [FIRST] * batch)
+    warmup, final = params.zones(num_steps)
+    if step < warmup or step >= num_steps - final:
+        reason = WARMUP if step < warmup else FINAL
+        return Decision(torch.ones(batch, dtype=torch.bool), np.full(batch, np.nan), threshold, [reason] * batch)
+    dx = rms_diff(x, ref_x).cpu().numpy().astype(np.float64)
+    t_now = t.detach().float().cpu().numpy().astype(np.float64)
+    t_ref = ref_t.detach().float().cpu().numpy().astype(np.float64)
+    jx, jt = params.sensitivities(t_ref)
+    scores = params.a * jx * dx + params.b * jt * np.abs(t_now - t_ref) + params.c
+    under = scores <= threshold
+    capped = skips_in_row.cpu().numpy() >= params.max_skips
+    skip = under & ~capped
+    reasons = [SKIPPED if s else (MAX_SKIPS if u else SCORE) for s, u in zip(skip, under)]
+    return Decision(torch.from_numpy(~skip), scores, threshold, reasons)
