@@ -1,0 +1,132 @@
+"""One operating point of a policy: an ε schedule, the skip limit K and the always-compute zones.
+
+The warm-up and final zones are written so that one policy serves any step count:
+
+- an **integer** (``3``) is a count of steps;
+- a **float strictly between 0 and 1** (``0.1``) is a fraction of the N steps of the run, turned
+  into a count by `OperatingPoint.zones` as ``ceil(f·N)`` (so any positive fraction protects at
+  least one step). ``0.0`` is read as the count 0.
+
+Any other float (``2.0``, ``1.0``, ``1.5``) is refused: it is ambiguous between the two readings.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import InitVar, dataclass
+from typing import Any
+
+from policies._fields import Where, check_keys, nonneg_int, number, optional_number, text
+from policies.tables import EpsSchedule
+
+__all__ = ["OperatingPoint", "zone_steps"]
+
+_ZONE_FIX = "write an integer count of steps (e.g. 2) or a fraction of the steps in (0, 1) (e.g. 0.1)"
+
+
+def _zone(value: Any, where: Where) -> int | float:
+    if isinstance(value, float) or (hasattr(value, "dtype") and value.dtype.kind == "f"):
+        f = number(value, where, low=0.0)
+        if f == 0.0:
+            return 0
+        if f >= 1.0:
+            where.fail(f"a float zone is a fraction of the steps and must lie in (0, 1), got {f:g}",
+                       _ZONE_FIX)
+        return f
+    return nonneg_int(value, where)
+
+
+def zone_steps(zone: int | float, num_steps: int) -> int:
+    """The step count a zone stands for in an N-step run: a count, or ``ceil(f·N)`` for a fraction.
+
+    Clamped to N. ``ceil`` is taken with a 1e-9 tolerance so ``0.1·30`` gives 3, not 4.
+    """
+    if isinstance(zone, float):
+        return min(num_steps, math.ceil(zone * num_steps - 1e-9))
+    return min(num_steps, int(zone))
+
+
+@dataclass(frozen=True)
+class OperatingPoint:
+    """A named trade-off between speed and fidelity.
+
+    Args:
+        name (`str`): unique within the policy, e.g. ``"fast"``, ``"balanced"``.
+        eps (`EpsSchedule`): the threshold over the step position; higher is faster and less
+            faithful. A mapping ``{"positions": [...], "values": [...]}`` is accepted too.
+        max_skips (`int`): K, the most consecutive skipped steps, >= 1. Higher is faster.
+        warmup_steps (`int` or `float`): steps at the start that always compute: a count, or a
+            fraction of the steps in (0, 1) (see the module docstring).
+        final_steps (`int` or `float`): steps at the end that always compute, same convention.
+        expected_nfe_fraction (`float` or `None`): fraction of block-stack evaluations measured
+            at fit time, in (0, 1]; None when not measured (e.g. the paper policy).
+        expected_error (`float` or `None`): final-output error measured at fit time, >= 0.
+    """
+
+    name: str
+    eps: EpsSchedule
+    max_skips: int = 3
+    warmup_steps: int | float = 0
+    final_steps: int | float = 0
+    expected_nfe_fraction: float | None = None
+    expected_error: float | None = None
+    _where: InitVar[Where | None] = None
+
+    KEYS = ("name", "eps", "max_skips", "warmup_steps", "final_steps",
+            "expected_nfe_fraction", "expected_error")
+
+    def __post_init__(self, _where: Where | None) -> None:
+        where = _where if _where is not None else Where("<code>", "operating_point")
+        object.__setattr__(self, "name", text(self.name, where.at("name")))
+        eps = self.eps
+        if isinstance(eps, Mapping):
+            eps = EpsSchedule.from_dict(eps, where.at("eps"))
+        elif not isinstance(eps, EpsSchedule):
+            where.at("eps").fail(
+                f"must be an EpsSchedule or an object {{positions, values}}, got {type(eps).__name__}"
+            )
+        object.__setattr__(self, "eps", eps)
+        object.__setattr__(self, "max_skips", nonneg_int(self.max_skips, where.at("max_skips"), low=1))
+        object.__setattr__(self, "warmup_steps", _zone(self.warmup_steps, where.at("warmup_steps")))
+        object.__setattr__(self, "final_steps", _zone(self.final_steps, where.at("final_steps")))
+        nfe = optional_number(
+            self.expected_nfe_fraction, where.at("expected_nfe_fraction"), low=0.0, high=1.0,
+            low_open=True,
+        )
+        err = optional_number(self.expected_error, where.at("expected_error"))
+        object.__setattr__(self, "expected_nfe_fraction", nfe)
+        object.__setattr__(self, "expected_error", err)
+
+    @classmethod
+    def from_dict(cls, data: Any, where: Where | None = None) -> OperatingPoint:
+        where = where or Where("<dict>", "operating_point")
+        obj = check_keys(data, where, cls.KEYS)
+        eps = EpsSchedule.from_dict(obj["eps"], where.at("eps"))
+        kwargs = {key: obj[key] for key in cls.KEYS if key != "eps"}
+        return cls(eps=eps, **kwargs, _where=where)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {key: getattr(self, key) for key in self.KEYS}
+        out["eps"] = self.eps.to_dict()
+        return out
+
+    @property
+    def expected_speedup(self) -> float | None:
+        """``1 / expected_nfe_fraction``: the block-stack speedup measured at fit time."""
+        f = self.expected_nfe_fraction
+        return None if f is None else 1.0 / f
+
+    def zones(self, num_steps: int) -> tuple[int, int]:
+        """``(warmup, final)``: how many steps at the start and at the end always compute.
+
+        Example: ``warmup_steps=0.1, final_steps=2`` with 30 steps gives ``(3, 2)``: steps 0–2 and
+        28–29 compute. Each count is clamped to N; when they overlap every step computes.
+        """
+        n = nonneg_int(num_steps, Where("<call>", "num_steps"), low=1)
+        return zone_steps(self.warmup_steps, n), zone_steps(self.final_steps, n)
+
+    def protected(self, step: int, num_steps: int) -> bool:
+        """True when step i (0-based) of an N-step run lies in the warm-up or final zone."""
+        warmup, final = self.zones(num_steps)
+        return step < warmup or step >= num_steps - final
