@@ -53,9 +53,11 @@ def parse_json(body: str, source: str = "<json>") -> Any:
     try:
         return json.loads(body)
     except json.JSONDecodeError as exc:
-        hint = " (the text looks truncated)" if exc.pos >= len(body.rstrip()) else ""
+        cut = exc.pos >= len(body.rstrip()) or exc.msg.startswith("Unterminated string")
+        hint = " (the text looks truncated)" if cut else ""
+        msg = exc.msg.removesuffix(" at")
         raise PolicyError(
-            f"{source}: not valid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}{hint}. "
+            f"{source}: not valid JSON: {msg} at line {exc.lineno}, column {exc.colno}{hint}. "
             "Fix: repair the JSON or re-export the policy with "
             "`sencache-calibrate export --db <store> --out <policy.json>`."
         ) from None
