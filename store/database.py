@@ -1,0 +1,261 @@
+"""`CalibrationStore`: one DuckDB file of calibration runs for one model.
+
+    with CalibrationStore("calib.duckdb", model_fingerprint=fp) as db:
+        if run_id not in db.completed_run_ids():
+            db.write_run(run_row, steps, sensitivities, cache_errors)
+        errors = db.cache_errors()
+
+DuckDB lets one process write a file at a time; under torchrun each rank writes its own shard
+(`store.merge.shard_path`) and `merge_stores` combines them. Readers may share a file
+(`read_only=True`).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import importlib.metadata
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import numpy as np
+import pandas as pd
+import sqlalchemy as sa
+
+from policies.errors import InputError
+from store import queries
+from store.schema import METADATA, SCHEMA_VERSION, TABLES
+from store.writer import RunRecord, prepare_record, write_prepared
+
+__all__ = ["CalibrationStore", "package_version"]
+
+logger = logging.getLogger(__name__)
+
+_COLLECT = "sencache-calibrate collect --model MODEL --db {path}"
+
+
+def package_version() -> str:
+    try:
+        return importlib.metadata.version("sencache")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _explain_open_failure(path: Path, exc: Exception) -> InputError:
+    text = str(getattr(exc, "orig", exc))
+    if "lock" in text.lower():
+        return InputError(
+            f"{path}: the store is open for writing in another process (a `collect` still running?). "
+            "Wait for it to finish, or give each process its own file: under torchrun each rank writes "
+            "`<db stem>.rank<k>.duckdb`; combine them with `sencache-calibrate store merge`. "
+            f"(DuckDB: {text})"
+        )
+    return InputError(
+        f"{path}: not a readable DuckDB file ({text}). Point --db at a store written by "
+        f"`{_COLLECT.format(path='NEW.duckdb')}`, or delete the file to start a new one."
+    )
+
+
+class CalibrationStore:
+    """The calibration database at `path`, created (tables and `meta`) when it does not exist.
+
+    Args:
+        path: the DuckDB file.
+        model_fingerprint: when given, the store must hold this model's runs (`check_compatible`);
+            a new store records it.
+        read_only: open for reading only; several processes may then read one file. The file
+            must exist.
+        create: when False, a missing file is an error instead of a new store.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        model_fingerprint: str | None = None,
+        read_only: bool = False,
+        create: bool = True,
+    ) -> None:
+        self.path = Path(path)
+        self.read_only = read_only
+        existed = self.path.exists()
+        if not existed and (read_only or not create):
+            raise InputError(
+                f"{self.path}: no calibration store there. Collect one first: "
+                f"`{_COLLECT.format(path=self.path)}` (or combine shards with "
+                f"`sencache-calibrate store merge SHARDS --out {self.path}`)."
+            )
+        url = sa.engine.URL.create("duckdb", database=str(self.path))
+        self._engine = sa.create_engine(url, connect_args={"read_only": read_only}, poolclass=sa.pool.StaticPool)
+        try:
+            with self._engine.connect() as conn:
+                names = set(sa.inspect(conn).get_table_names())
+        except (sa.exc.DBAPIError, duckdb.Error) as exc:
+            self._engine.dispose()
+            raise _explain_open_failure(self.path, exc) from None
+        try:
+            if not names and not read_only:
+                self._create(model_fingerprint)
+            elif "meta" not in names:
+                raise InputError(
+                    f"{self.path}: a DuckDB file but not a SenCache calibration store (no `meta` table). "
+                    f"Use another --db, e.g. `{_COLLECT.format(path='calib.duckdb')}`."
+                )
+            self._meta = queries.read_meta(self._engine)
+            self._check_version()
+            if model_fingerprint is not None:
+                self.check_compatible(model_fingerprint)
+        except BaseException:
+            self._engine.dispose()
+            raise
+
+    # -- opening and compatibility -------------------------------------------------------------
+
+    def _create(self, model_fingerprint: str | None) -> None:
+        created = _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
+        rows = {
+            "schema_version": str(SCHEMA_VERSION),
+            "model_fingerprint": model_fingerprint or "",
+            "created": created,
+            "package_version": package_version(),
+        }
+        with self._engine.begin() as conn:  # DDL is transactional in DuckDB: all tables or none
+            METADATA.create_all(conn)
+            conn.execute(sa.insert(TABLES["meta"]), [{"key": k, "value": v} for k, v in rows.items()])
+        logger.info("store: created %s (schema version %d)", self.path, SCHEMA_VERSION)
+
+    def _check_version(self) -> None:
+        found = self._meta.get("schema_version")
+        if found != str(SCHEMA_VERSION):
+            raise InputError(
+                f"{self.path}: store schema version {found}, but this sencache ({package_version()}) "
+                f"reads version {SCHEMA_VERSION}. Collect a new store with "
+                f"`{_COLLECT.format(path='NEW.duckdb')}`, or use the sencache version that wrote it "
+                f"({self._meta.get('package_version', 'unknown')})."
+            )
+
+    @property
+    def meta(self) -> dict[str, str]:
+        """The `meta` table: schema_version, model_fingerprint, created, package_version."""
+        return dict(self._meta)
+
+    @property
+    def model_fingerprint(self) -> str | None:
+        return self._meta.get("model_fingerprint") or None
+
+    def check_compatible(self, model_fingerprint: str) -> None:
+        """Refuse (InputError) a store that holds another model's runs; claims an empty store."""
+        self._check_version()
+        stored = self.model_fingerprint
+        if stored is None:
+            if not self.read_only:
+                with self._engine.begin() as conn:
+                    conn.execute(
+                        sa.update(TABLES["meta"]).where(TABLES["meta"].c.key == "model_fingerprint"),
+                        {"value": model_fingerprint},
+                    )
+                self._meta["model_fingerprint"] = model_fingerprint
+            return
+        if stored != model_fingerprint:
+            raise InputError(
+                f"{self.path}: holds calibration runs of model fingerprint {stored}, not of this model "
+                f"({model_fingerprint}). A store holds one model: use another file, e.g. "
+                f"`{_COLLECT.format(path='OTHER.duckdb')}`."
+            )
+
+    # -- writing ----------------------------------------------------------------------------------
+
+    def write_run(
+        self,
+        run_row: Mapping[str, Any],
+        steps: pd.DataFrame | None,
+        sensitivities: pd.DataFrame | None,
+        cache_errors: pd.DataFrame | None,
+        propagation: pd.DataFrame | None = None,
+        latents: Mapping[int, Any] | Sequence[Any] | None = None,
+    ) -> bool:
+        """Store one run and all its rows in one transaction; False when the run was already stored.
+
+        Nothing of the run is stored if anything fails (an exception, a crash, SIGKILL).
+        `run_row` needs model_fingerprint, prompt, seed, num_steps and estimator; `run_id` is
+        derived from the run's settings (`store.rows.make_run_id`) unless given.
+        """
+        record = RunRecord(run_row, steps, sensitivities, cache_errors, propagation, latents)
+        return self.write_runs([record])[0]
+
+    def write_runs(self, records: Iterable[RunRecord]) -> list[bool]:
+        """Store several runs in one transaction (all or none); per run, whether it was new.
+
+        Batching amortises the per-transaction cost (commit and fsync) when runs are cheap.
+        """
+        if self.read_only:
+            raise InputError(f"{self.path}: opened read-only; open it with read_only=False to write runs")
+        prepared = [prepare_record(r) for r in records]
+        fingerprints = {p.fingerprint for p in prepared}
+        claim = None
+        if self.model_fingerprint is None and len(fingerprints) == 1:
+            claim = next(iter(fingerprints))
+        else:
+            expected = self.model_fingerprint or ""
+            for p in prepared:
+                if p.fingerprint != expected:
+                    raise InputError(
+                        f"{self.path}: run {p.run_id} is of model fingerprint {p.fingerprint}, but the store "
+                        f"holds model {expected or '(mixed batch)'}. A store holds one model: use another "
+                        f"file, e.g. `{_COLLECT.format(path='OTHER.duckdb')}`."
+                    )
+        written = write_prepared(self._engine, prepared, claim_fingerprint=claim)
+        if claim is not None and any(written):
+            self._meta["model_fingerprint"] = claim
+        return written
+
+    # -- reading ----------------------------------------------------------------------------------
+
+    def completed_run_ids(self) -> set[str]:
+        """Ids of the stored runs; every stored run is complete (runs are written whole)."""
+        with self._engine.connect() as conn:
+            return set(conn.execute(sa.select(TABLES["runs"].c.run_id)).scalars())
+
+    def runs(self, run_ids: Iterable[str] | None = None, *, split: str | None = None) -> pd.DataFrame:
+        return queries.read_table(self._engine, "runs", run_ids, split=split)
+
+    def steps(self, run_ids: Iterable[str] | None = None) -> pd.DataFrame:
+        return queries.read_table(self._engine, "steps", run_ids)
+
+    def sensitivities(self, run_ids: Iterable[str] | None = None, *, estimator: str | None = None) -> pd.DataFrame:
+        return queries.read_table(self._engine, "sensitivities", run_ids, estimator=estimator)
+
+    def cache_errors(self, run_ids: Iterable[str] | None = None) -> pd.DataFrame:
+        return queries.read_table(self._engine, "cache_errors", run_ids)
+
+    def propagation(self, run_ids: Iterable[str] | None = None) -> pd.DataFrame:
+        return queries.read_table(self._engine, "propagation", run_ids)
+
+    def latents(self, run_id: str) -> dict[int, np.ndarray]:
+        """Step → float16 array for one run (empty when latents were not stored)."""
+        return queries.read_latents(self._engine, run_id)
+
+    def table_counts(self) -> dict[str, int]:
+        return queries.table_counts(self._engine)
+
+    def content_digest(self) -> str:
+        """A digest of every row except wall-clock columns (see `store.queries.content_digest`)."""
+        return queries.content_digest(self._engine)
+
+    # -- lifetime ---------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Release the file (checkpointing the write-ahead log into it)."""
+        self._engine.dispose()
+
+    def __enter__(self) -> CalibrationStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        mode = "read-only" if self.read_only else "read-write"
+        return f"CalibrationStore({str(self.path)!r}, {mode}, model={self.model_fingerprint})"

@@ -1,0 +1,233 @@
+"""Turning what `collect` measured into Arrow tables the store can append, checked on the way.
+
+Everything here runs before a transaction opens, so bad input is refused (InputError naming the
+table, the column and the reason) without touching the file. Floating-point values that are not
+finite become NULL: the store never holds inf or NaN.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import sqlalchemy as sa
+
+from policies.errors import InputError
+from store.schema import KEY_COLUMNS, SPLITS, TABLES, arrow_schema
+
+__all__ = ["RUN_ID_FIELDS", "frame_to_arrow", "latents_to_arrow", "make_run_id", "normalize_run_row"]
+
+logger = logging.getLogger(__name__)
+
+# The settings that make two runs the same trajectory: rerunning any of them is a no-op.
+RUN_ID_FIELDS = (
+    "model_fingerprint",
+    "scheduler_class",
+    "scheduler_config",
+    "prompt",
+    "seed",
+    "num_steps",
+    "guidance_scale",
+    "height",
+    "width",
+    "num_frames",
+    "estimator",
+    "extra",
+)
+_JSON_FIELDS = ("scheduler_config", "extra")
+_RUN_DEFAULTS = {"split": "calib", "status": "complete"}
+
+
+def _canonical_json(value: Any, field: str) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"runs.{field}: not valid JSON ({exc.msg}): {value[:80]!r}") from None
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def _finite_or_none(value: Any) -> float | None:
+    if value is None:
+        return None
+    value = float(value)
+    return value if np.isfinite(value) else None
+
+
+def make_run_id(run_row: Mapping[str, Any]) -> str:
+    """A deterministic id from the fields in `RUN_ID_FIELDS` (20 hex characters).
+
+    Two rows that agree on those fields name the same trajectory, so a resumed or repeated
+    `collect` recognises the runs it already stored. The split, status and timings are not part
+    of the identity.
+    """
+    identity = {}
+    for field in RUN_ID_FIELDS:
+        value = run_row.get(field)
+        if field in _JSON_FIELDS:
+            value = _canonical_json(value, field)
+        elif field == "guidance_scale":
+            value = _finite_or_none(value)
+        elif field in ("seed", "num_steps", "height", "width", "num_frames") and value is not None:
+            value = int(value)
+        identity[field] = value
+    text = json.dumps(identity, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
+def normalize_run_row(run_row: Mapping[str, Any]) -> dict[str, Any]:
+    """Check one `runs` row and fill its defaults; returns a dict with every column of `runs`."""
+    table = TABLES["runs"]
+    unknown = sorted(set(run_row) - set(table.columns.keys()))
+    if unknown:
+        raise InputError(f"runs: unknown field(s) {unknown}; the columns are {list(table.columns.keys())}")
+    row = {**_RUN_DEFAULTS, **{k: v for k, v in run_row.items() if v is not None}}
+    for field in _JSON_FIELDS:
+        row[field] = _canonical_json(row.get(field), field)
+    if "run_id" not in row:
+        row["run_id"] = make_run_id(row)
+    row.setdefault("created", _dt.datetime.now(_dt.timezone.utc).replace(tzinfo=None))
+    missing = [c.name for c in table.columns if not c.nullable and row.get(c.name) is None]
+    if missing:
+        raise InputError(f"runs: required field(s) {missing} missing from the run row")
+    if row["split"] not in SPLITS:
+        raise InputError(f"runs.split: {row['split']!r} is not one of {list(SPLITS)}")
+    for column in table.columns:
+        value = row.get(column.name)
+        if value is None:
+            row[column.name] = None
+        elif isinstance(column.type, sa.Double):
+            row[column.name] = _finite_or_none(value)
+        elif isinstance(column.type, sa.Integer):
+            row[column.name] = _as_int(value, f"runs.{column.name}")
+        elif isinstance(column.type, sa.Text):
+            row[column.name] = str(value)
+    if row["num_steps"] <= 0:
+        raise InputError(f"runs.num_steps: must be positive, got {row['num_steps']}")
+    return row
+
+
+def _as_int(value: Any, where: str) -> int:
+    if isinstance(value, (bool, np.bool_)) or float(value) != int(value):
+        raise InputError(f"{where}: expected an integer, got {value!r}")
+    return int(value)
+
+
+def _column_to_arrow(values: pd.Series, column: sa.Column, where: str) -> pa.Array:
+    kind = column.type
+    if isinstance(kind, sa.Double):
+        try:
+            floats = values.to_numpy(dtype="float64", na_value=np.nan)
+        except (TypeError, ValueError) as exc:
+            raise InputError(f"{where}: expected numbers ({exc})") from None
+        return pa.array(floats, type=pa.float64(), mask=~np.isfinite(floats))
+    if values.isna().any():
+        raise InputError(f"{where}: has missing values; the column is required")
+    if isinstance(kind, sa.Integer):
+        try:
+            ints = values.to_numpy(dtype="int64")
+        except (TypeError, ValueError) as exc:
+            raise InputError(f"{where}: expected integers ({exc})") from None
+        if values.dtype.kind == "f" and not np.array_equal(ints, values.to_numpy(dtype="float64")):
+            raise InputError(f"{where}: expected integers, got fractional values")
+        return pa.array(ints, type=pa.int64())
+    return pa.array([str(v) for v in values], type=pa.string())
+
+
+def frame_to_arrow(
+    name: str, frame: pd.DataFrame | Mapping[str, Any] | None, run_id: str, defaults: Mapping[str, Any] = ()
+) -> pa.Table:
+    """One run's rows of table `name` as an Arrow table in the table's column order.
+
+    `frame` may omit `run_id` (it is filled in) and any nullable column (NULL); a column in
+    `defaults` that is missing is filled with that value. Duplicate keys are refused.
+    """
+    table = TABLES[name]
+    schema = arrow_schema(table)
+    if frame is None:
+        return schema.empty_table()
+    frame = frame if isinstance(frame, pd.DataFrame) else pd.DataFrame(dict(frame))
+    unknown = sorted(set(frame.columns) - set(table.columns.keys()))
+    if unknown:
+        raise InputError(f"{name}: unknown column(s) {unknown}; the columns are {list(table.columns.keys())}")
+    n = len(frame)
+    if n == 0:
+        return schema.empty_table()
+    if "run_id" in frame.columns and not (frame["run_id"].astype(str) == run_id).all():
+        raise InputError(f"{name}.run_id: rows name another run than {run_id!r}")
+    arrays = []
+    for column in table.columns:
+        where = f"{name}.{column.name} (run {run_id})"
+        if column.name == "run_id":
+            arrays.append(pa.array([run_id] * n, type=pa.string()))
+        elif column.name in frame.columns:
+            arrays.append(_column_to_arrow(frame[column.name].reset_index(drop=True), column, where))
+        elif column.name in dict(defaults):
+            arrays.append(_column_to_arrow(pd.Series([dict(defaults)[column.name]] * n), column, where))
+        elif column.nullable:
+            arrays.append(pa.nulls(n, type=schema.field(column.name).type))
+        else:
+            raise InputError(f"{name}: required column {column.name!r} is missing (run {run_id})")
+    out = pa.Table.from_arrays(arrays, schema=schema)
+    _refuse_duplicate_keys(name, out, run_id)
+    return out
+
+
+def _refuse_duplicate_keys(name: str, table: pa.Table, run_id: str) -> None:
+    keys = [k for k in KEY_COLUMNS[name] if k != "run_id"]
+    if table.num_rows < 2 or table.select(keys).group_by(keys).aggregate([]).num_rows == table.num_rows:
+        return
+    frame = table.select(keys).to_pandas()
+    if frame.duplicated(keep=False).any():
+        first = frame[frame.duplicated(keep=False)].iloc[0].to_dict()
+        raise InputError(f"{name}: key {first} appears more than once in run {run_id}")
+
+
+def _to_numpy(value: Any) -> np.ndarray:
+    if hasattr(value, "detach"):  # a torch tensor, without importing torch here
+        value = value.detach().float().cpu().numpy()
+    return np.asarray(value)
+
+
+def latents_to_arrow(latents: Mapping[int, Any] | Sequence[Any] | None, run_id: str) -> pa.Table:
+    """Latents as fp16 bytes: a mapping step → array, (step, array) pairs, or arrays by step."""
+    schema = arrow_schema(TABLES["latents"])
+    if latents is None:
+        return schema.empty_table()
+    if isinstance(latents, Mapping):
+        pairs = list(latents.items())
+    else:
+        items = list(latents)
+        is_pairs = all(isinstance(x, tuple) and len(x) == 2 and isinstance(x[0], (int, np.integer)) for x in items)
+        pairs = items if (items and is_pairs) else list(enumerate(items))
+    steps, shapes, blobs = [], [], []
+    for step, value in pairs:
+        array = _to_numpy(value)
+        half = np.ascontiguousarray(array, dtype=np.float16)
+        if np.isfinite(array).all() and not np.isfinite(half).all():
+            logger.warning("latents: run %s step %s overflows float16; stored as inf", run_id, step)
+        steps.append(_as_int(step, f"latents.step (run {run_id})"))
+        shapes.append(json.dumps(list(half.shape)))
+        blobs.append(half.tobytes())
+    n = len(steps)
+    out = pa.Table.from_arrays(
+        [
+            pa.array([run_id] * n, pa.string()),
+            pa.array(steps, pa.int64()),
+            pa.array(["float16"] * n, pa.string()),
+            pa.array(shapes, pa.string()),
+            pa.array(blobs, pa.large_binary()),
+        ],
+        schema=schema,
+    )
+    _refuse_duplicate_keys("latents", out, run_id)
+    return out

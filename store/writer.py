@@ -1,0 +1,119 @@
+"""Writing runs: each run with all of its rows in one DuckDB transaction, or none of it.
+
+The `runs` row is appended in the same transaction as the run's step rows, so a run that is in
+`runs` is complete: an exception, a crash or SIGKILL before COMMIT leaves nothing of it (DuckDB
+replays only committed transactions from its write-ahead log). A run whose id is already stored
+is skipped, which makes rewriting idempotent and lets `collect` resume.
+
+Rows go in as Arrow tables through DuckDB's own relation API (`from_arrow(...).insert_into`),
+one statement per table per transaction; `executemany` is ~40x slower (measured in
+`benchmarks/store_insert.py`). Most of the cost of a single-run write is the transaction itself
+(begin, five statements, an fsync at commit); `write_runs` amortises it over a batch.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import sqlalchemy as sa
+
+from store.rows import frame_to_arrow, latents_to_arrow, normalize_run_row
+from store.schema import RUN_TABLES, TABLES, arrow_schema
+
+__all__ = ["RunRecord", "prepare_record", "write_prepared"]
+
+logger = logging.getLogger(__name__)
+
+Frame = pd.DataFrame | Mapping[str, Any] | None
+
+
+@dataclass
+class RunRecord:
+    """One collected run: its `runs` row and the rows of each per-step table.
+
+    Frames may leave out `run_id` (filled in) and any nullable column; `sensitivities` may leave
+    out `estimator` (the run's estimator). `latents` is a mapping step → array, (step, array)
+    pairs or a list of arrays indexed by step; they are stored as float16 bytes.
+    """
+
+    run: Mapping[str, Any]
+    steps: Frame = None
+    sensitivities: Frame = None
+    cache_errors: Frame = None
+    propagation: Frame = None
+    latents: Mapping[int, Any] | Sequence[Any] | None = None
+
+
+@dataclass
+class _Prepared:
+    run_id: str
+    fingerprint: str
+    tables: dict[str, pa.Table]
+
+
+def prepare_record(record: RunRecord) -> _Prepared:
+    """Validate a record and convert it to Arrow (no database access)."""
+    row = normalize_run_row(record.run)
+    run_id = row["run_id"]
+    tables = {"runs": pa.Table.from_pylist([row], schema=arrow_schema(TABLES["runs"]))}
+    tables["steps"] = frame_to_arrow("steps", record.steps, run_id)
+    tables["sensitivities"] = frame_to_arrow(
+        "sensitivities", record.sensitivities, run_id, defaults={"estimator": row["estimator"]}
+    )
+    tables["cache_errors"] = frame_to_arrow("cache_errors", record.cache_errors, run_id)
+    tables["propagation"] = frame_to_arrow("propagation", record.propagation, run_id)
+    tables["latents"] = latents_to_arrow(record.latents, run_id)
+    return _Prepared(run_id, row["model_fingerprint"], tables)
+
+
+def _append(raw: Any, name: str, table: pa.Table) -> None:
+    """Append `table` (already in `name`'s column order) on the raw duckdb connection."""
+    raw.from_arrow(table).insert_into(name)
+
+
+def _stored_ids(raw: Any, run_ids: list[str]) -> set[str]:
+    rows = raw.execute(
+        "SELECT run_id FROM runs WHERE run_id IN (SELECT UNNEST(?::VARCHAR[]))", [run_ids]
+    ).fetchall()
+    return {r[0] for r in rows}
+
+
+def write_prepared(
+    engine: sa.Engine, prepared: Iterable[_Prepared], *, claim_fingerprint: str | None = None
+) -> list[bool]:
+    """Append the runs not stored yet, all in one transaction; returns, per run, whether it was new.
+
+    `claim_fingerprint` records the model fingerprint in `meta` in the same transaction (the
+    first write to a store that was created without one).
+    """
+    prepared = list(prepared)
+    if not prepared:
+        return []
+    with engine.begin() as conn:
+        raw = conn.connection.dbapi_connection
+        stored = _stored_ids(raw, [p.run_id for p in prepared])
+        written: list[bool] = []
+        keep: list[_Prepared] = []
+        for p in prepared:
+            new = p.run_id not in stored
+            written.append(new)
+            if new:
+                stored.add(p.run_id)  # a run repeated inside the batch is written once
+                keep.append(p)
+        if claim_fingerprint is not None and keep:
+            raw.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES ('model_fingerprint', ?)", [claim_fingerprint]
+            )
+        for name in RUN_TABLES:
+            parts = [p.tables[name] for p in keep if p.tables[name].num_rows]
+            if parts:
+                _append(raw, name, parts[0] if len(parts) == 1 else pa.concat_tables(parts))
+    skipped = len(prepared) - len(keep)
+    if skipped:
+        logger.info("store: %d run(s) already stored, skipped", skipped)
+    return written
