@@ -70,8 +70,23 @@ def _from_folder(name: str, folder: Path, torch_dtype: torch.dtype | None) -> Lo
     kwargs = {"torch_dtype": torch_dtype} if torch_dtype is not None else {}
     pipe = DiffusionPipeline.from_pretrained(str(folder), **kwargs)
     pipe.set_progress_bar_config(disable=True)
+    _realign(pipe)
     card = load_card(folder)
     return LoadedModel(name, pipe, dict(card.call_args) if card else {})
+
+
+def _realign(pipe: DiffusionPipeline) -> None:
+    """Copy every weight into freshly allocated memory.
+
+    Weights loaded from safetensors can sit at addresses that are not 64-byte aligned; CPU BLAS
+    then takes other kernels, which are slower and round differently, so a loaded pipeline would
+    not reproduce the in-memory one bit for bit.
+    """
+    with torch.no_grad():
+        for component in pipe.components.values():
+            if isinstance(component, torch.nn.Module):
+                for tensor in list(component.parameters()) + list(component.buffers()):
+                    tensor.data = tensor.data.clone()
 
 
 def _from_hub(repo_id: str, torch_dtype: torch.dtype | None) -> LoadedModel:
@@ -85,4 +100,5 @@ def _from_hub(repo_id: str, torch_dtype: torch.dtype | None) -> LoadedModel:
             f"(`hf download {repo_id} --local-dir DIR`) and pass --model DIR"
         ) from exc
     pipe.set_progress_bar_config(disable=True)
+    _realign(pipe)
     return LoadedModel(repo_id, pipe, {})

@@ -51,6 +51,8 @@ class ModelSize:
     vae_channels: int = 8
     latent_channels: int = 4
     max_text_len: int = 16
+    #: LTX's VAE patch size: 2 gives 8x8 latents for 32x32 frames; 4 gives 4x4 (80 tokens).
+    ltx_vae_patch: int = 2
 
 
 #: Structure fixture: a forward is a few milliseconds on CPU.
@@ -94,7 +96,7 @@ def _build_wan(size: ModelSize) -> WanPipeline:
         scale_factor_spatial=4,
     )
     transformer = WanTransformer3DModel(
-        patch_size=(1, 2, 2),
+        patch_size=[1, 2, 2],  # a list, as from_pretrained reads it back from JSON
         num_attention_heads=size.heads,
         attention_head_dim=size.head_dim,
         in_channels=z,
@@ -180,7 +182,7 @@ def _build_ltx(size: ModelSize) -> LTXPipeline:
         downsample_type=("conv", "conv"),
         upsample_residual=(False, False),
         upsample_factor=(1, 1),
-        patch_size=2,
+        patch_size=size.ltx_vae_patch,
         patch_size_t=1,
         encoder_causal=True,
         decoder_causal=False,
