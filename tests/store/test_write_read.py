@@ -1,0 +1,210 @@
+"""Writing runs and reading them back: round trips, ids, idempotence, NULLs, all-or-nothing."""
+
+from __future__ import annotations
+
+import duckdb
+import numpy as np
+import pandas as pd
+import pytest
+
+import store.writer
+from policies.errors import InputError
+from store import CalibrationStore, make_run_id
+from tests.store.synthetic import FP, expected_cache_error_rows, synthetic_run, write
+
+
+@pytest.fixture
+def db(tmp_path):
+    with CalibrationStore(tmp_path / "calib.duckdb", model_fingerprint=FP) as opened:
+        yield opened
+
+
+def _values(frame: pd.DataFrame, columns: list[str]) -> np.ndarray:
+    return frame[columns].to_numpy(dtype="float64")
+
+
+def test_round_trip_of_every_table(db):
+    record = synthetic_run(3, latent_shape=(2, 3, 4))
+    assert write(db, record) is True
+    (run_id,) = db.completed_run_ids()
+    run = db.runs().iloc[0]
+    assert run["run_id"] == run_id and run["prompt"] == "prompt 1" and run["seed"] == 1
+    assert run["scheduler_config"] == '{"num_train_timesteps":1000,"shift":3.0}'  # canonical JSON
+    assert run["status"] == "complete" and run["split"] == "calib"
+
+    steps = db.steps()
+    cols = ["timestep", "t_next", "dx_norm", "x_norm", "out_norm"]
+    np.testing.assert_array_equal(_values(steps, cols), _values(record.steps, cols))
+    assert steps["teacache_signal"].isna().all()  # peer signals not given: NULL
+
+    sens = db.sensitivities()
+    np.testing.assert_array_equal(_values(sens, ["J_x", "J_t"]), _values(record.sensitivities, ["J_x", "J_t"]))
+    assert (sens["estimator"] == "trajectory").all()  # filled from the run's estimator
+
+    errors = db.cache_errors()
+    cols = ["step", "lag", "dx", "dt", "residual_error", "output_error"]
+    np.testing.assert_array_equal(_values(errors, cols), _values(record.cache_errors, cols))
+    # 6 steps, K_max 3: lags per step 3,3,3,2,1,0 = 12 rows
+    assert len(errors) == expected_cache_error_rows(6, 3) == 12
+
+    np.testing.assert_array_equal(db.propagation()["gain"].to_numpy(), record.propagation["gain"].to_numpy())
+
+    latents = db.latents(run_id)
+    assert sorted(latents) == list(range(7))  # x_0 .. x_6
+    for step, array in latents.items():
+        assert array.dtype == np.float16 and array.shape == (2, 3, 4)
+        np.testing.assert_allclose(array, record.latents[step], rtol=1e-3, atol=1e-3)
+
+
+def test_readers_filter_by_run_split_and_estimator(db):
+    ids = []
+    for i in range(4):
+        write(db, synthetic_run(i, split="holdout" if i == 3 else "calib"))
+    ids = sorted(db.completed_run_ids())
+    assert len(ids) == 4
+    assert set(db.steps(run_ids=ids[:2])["run_id"]) == set(ids[:2])
+    assert db.cache_errors(run_ids=[]).empty
+    assert len(db.runs(split="holdout")) == 1
+    assert len(db.sensitivities(estimator="reference")) == 0
+    assert len(db.sensitivities(estimator="trajectory")) == 4 * 6
+
+
+def test_rows_come_back_ordered_by_key(db):
+    record = synthetic_run(0)
+    shuffled = record.cache_errors.sample(frac=1.0, random_state=0)
+    db.write_run(record.run, record.steps, record.sensitivities, shuffled)
+    errors = db.cache_errors()
+    assert list(zip(errors["step"], errors["lag"])) == sorted(zip(errors["step"], errors["lag"]))
+
+
+def test_run_id_is_deterministic_and_ignores_split_and_timing():
+    run = synthetic_run(0).run
+    same = {**run, "split": "holdout", "wall_s": 99.0, "scheduler_config": '{"shift": 3.0, "num_train_timesteps": 1000}'}
+    assert make_run_id(run) == make_run_id(same)
+    assert make_run_id(run) != make_run_id({**run, "seed": 7})
+    assert make_run_id(run) != make_run_id({**run, "model_fingerprint": "other"})
+    assert make_run_id(run) != make_run_id({**run, "estimator": "reference"})
+
+
+def test_rewriting_a_stored_run_is_a_no_op(db):
+    record = synthetic_run(0)
+    assert write(db, record) is True
+    counts, digest = db.table_counts(), db.content_digest()
+    assert write(db, synthetic_run(0, wall_s=9.0)) is False  # same settings, a later rerun
+    assert db.table_counts() == counts and db.content_digest() == digest
+
+
+def test_a_batch_writes_each_run_once(db):
+    flags = db.write_runs([synthetic_run(0), synthetic_run(1), synthetic_run(0)])
+    assert flags == [True, True, False]
+    assert db.write_runs([synthetic_run(1), synthetic_run(2)]) == [False, True]
+    assert db.table_counts()["runs"] == 3
+
+
+def test_non_finite_values_are_stored_as_null(db, tmp_path):
+    record = synthetic_run(0)
+    record.sensitivities.loc[1, "J_x"] = np.inf
+    record.sensitivities.loc[2, "J_t"] = -np.inf
+    record.steps.loc[3, "dx_norm"] = np.nan
+    record.run = {**record.run, "wall_s": float("nan")}
+    write(db, record)
+    db.close()
+    con = duckdb.connect(str(tmp_path / "calib.duckdb"), read_only=True)
+    # step 0 J_x NaN (synthetic), step 1 J_x inf, step 2 J_t -inf, step 3 dx_norm NaN: 4 NULLs
+    nulls = con.execute(
+        "SELECT count(*) FILTER (WHERE J_x IS NULL) + count(*) FILTER (WHERE J_t IS NULL) FROM sensitivities"
+    ).fetchone()[0]
+    non_finite = con.execute(
+        "SELECT count(*) FROM sensitivities WHERE NOT isfinite(J_x) OR NOT isfinite(J_t)"
+    ).fetchone()[0]
+    steps_null = con.execute("SELECT count(*) FROM steps WHERE dx_norm IS NULL").fetchone()[0]
+    wall = con.execute("SELECT wall_s FROM runs").fetchone()[0]
+    con.close()
+    assert (nulls, non_finite, steps_null, wall) == (3, 0, 1, None)
+
+
+def test_nulls_read_back_as_nan(db):
+    write(db, synthetic_run(0))
+    sens = db.sensitivities()
+    assert np.isnan(sens.loc[sens["step"] == 0, "J_x"]).all()
+    assert np.isfinite(sens.loc[sens["step"] > 0, "J_x"]).all()
+
+
+class _Boom(RuntimeError):
+    pass
+
+
+@pytest.mark.parametrize("failing_table", ["steps", "cache_errors", "propagation"])
+def test_a_failure_mid_write_leaves_nothing_of_the_run(db, monkeypatch, failing_table):
+    real_append = store.writer._append
+
+    def flaky(raw, name, table):
+        if name == failing_table:
+            raise _Boom(f"disk full while writing {name}")
+        real_append(raw, name, table)
+
+    monkeypatch.setattr(store.writer, "_append", flaky)
+    with pytest.raises(_Boom):
+        write(db, synthetic_run(0))
+    assert db.completed_run_ids() == set()
+    assert set(db.table_counts().values()) == {0}  # the runs row went back with the rest
+    monkeypatch.setattr(store.writer, "_append", real_append)
+    assert write(db, synthetic_run(0)) is True  # and the run can be written afterwards
+
+
+def test_a_failing_batch_stores_none_of_its_runs(db, monkeypatch):
+    write(db, synthetic_run(0))
+    before = db.table_counts()
+
+    def fail_on_errors(raw, name, table):
+        if name == "cache_errors":
+            raise _Boom(name)
+        raw.from_arrow(table).insert_into(name)
+
+    monkeypatch.setattr(store.writer, "_append", fail_on_errors)
+    with pytest.raises(_Boom):
+        db.write_runs([synthetic_run(1), synthetic_run(2)])
+    assert db.table_counts() == before
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda r: r.steps.rename(columns={"dx_norm": "dxnorm"}, inplace=True), r"unknown column\(s\) \['dxnorm'\]"),
+        (lambda r: r.cache_errors.drop(columns=["lag"], inplace=True), "required column 'lag'"),
+        (lambda r: r.cache_errors.loc.__setitem__((1, "lag"), 1), "appears more than once"),
+        (lambda r: r.steps.__setitem__("step", r.steps["step"] + 0.5), "expected integers"),
+        (lambda r: setattr(r, "run", {**r.run, "split": "train"}), "runs.split"),
+        (lambda r: setattr(r, "run", {k: v for k, v in r.run.items() if k != "prompt"}), "prompt"),
+        (lambda r: setattr(r, "run", {**r.run, "promt": "typo"}), "unknown field"),
+    ],
+    ids=["unknown-column", "missing-lag", "duplicate-key", "fractional-step", "bad-split", "no-prompt", "typo-field"],
+)
+def test_bad_rows_are_refused_before_writing(db, mutate, message):
+    record = synthetic_run(0)
+    mutate(record)
+    with pytest.raises(InputError, match=message):
+        write(db, record)
+    assert db.table_counts()["runs"] == 0
+
+
+def test_digest_ignores_wall_clock_but_not_values(tmp_path):
+    digests = []
+    for name, wall_s, bump in [("a", 1.0, 0.0), ("b", 7.0, 0.0), ("c", 1.0, 1e-9)]:
+        with CalibrationStore(tmp_path / f"{name}.duckdb", model_fingerprint=FP) as db:
+            record = synthetic_run(0, wall_s=wall_s)
+            record.cache_errors.loc[0, "residual_error"] += bump
+            write(db, record)
+            digests.append(db.content_digest())
+    assert digests[0] == digests[1]  # only wall_s and created differ
+    assert digests[0] != digests[2]  # one value differs by 1e-9
+
+
+def test_digest_does_not_depend_on_write_order(tmp_path):
+    digests = []
+    for name, order in [("fwd", [0, 1, 2]), ("rev", [2, 0, 1])]:
+        with CalibrationStore(tmp_path / f"{name}.duckdb", model_fingerprint=FP) as db:
+            for i in order:
+                write(db, synthetic_run(i, latent_shape=(4,)))
+            digests.append(db.content_digest())
+    assert digests[0] == digests[1]
