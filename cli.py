@@ -81,9 +81,87 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--policy", default=None, help="a SenCache policy JSON to apply while generating")
 
 
+# --- fit ---------------------------------------------------------------------------------------
+
+
+def _cmd_fit(args: argparse.Namespace) -> int:
+    from calibration.fit import fit, fit_result_path
+
+    fit(
+        args.db,
+        trials=args.trials,
+        objective=args.objective,
+        seed=args.seed,
+        storage=args.storage,
+        knots=args.knots,
+        model=args.model,
+        show_progress=not args.quiet and sys.stderr.isatty(),
+    )
+    print(fit_result_path(args.db))
+    return EXIT_OK
+
+
+def _add_fit(sub: argparse._SubParsersAction) -> None:
+    p = _command(
+        sub,
+        "fit",
+        _cmd_fit,
+        """Fit the predictor and search the operating points of a calibration store.
+
+        Regresses the measured caching error on the sensitivity terms (a, b, c >= 0), then runs an
+        Optuna study over the threshold knots, K and the warm-up/final zones, scoring each trial on
+        final-output error vs fraction of steps computed; validates the chosen points on the
+        holdout runs. Writes <store>.fit.json and <store>.fit.png beside the store; the study lives
+        in --storage (default <store>.optuna.log) and resumes where it stopped.
+
+        Example:
+          sencache-calibrate fit --db calib.duckdb --trials 60 --objective rerun --seed 0
+        """,
+    )
+    p.add_argument("--db", required=True, help="the calibration store (from `collect`)")
+    p.add_argument("--trials", type=int, default=60, help="finished trials the study must hold (default: %(default)s)")
+    p.add_argument("--objective", choices=("rerun", "replay"), default=None,
+                   help="rerun: real cached re-runs (default for zoo/tiny models and local folders); "
+                   "replay: simulate on stored trajectories, no model needed (default otherwise)")
+    p.add_argument("--seed", type=int, default=0, help="sampler seed: same store + seed, same fit (default: %(default)s)")
+    p.add_argument("--storage", default=None, help="Optuna storage URL or journal file (default: <store>.optuna.log)")
+    p.add_argument("--knots", type=int, default=10, help="threshold knots over the step position, 8-16 (default: %(default)s)")
+    p.add_argument("--model", default=None, help="model to re-run (default: the store's model name)")
+
+
+# --- export ------------------------------------------------------------------------------------
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from calibration.export import export
+
+    export(args.db, args.out, fit_path=args.fit)
+    print(args.out)
+    return EXIT_OK
+
+
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    p = _command(
+        sub,
+        "export",
+        _cmd_export,
+        """Write the policy file of a fitted calibration store.
+
+        Reads <store>.fit.json and the store's sensitivities, validates the policy with the same
+        checks as Policy.load, and only then writes it.
+
+        Example:
+          sencache-calibrate export --db calib.duckdb --out policies/my-model.json
+        """,
+    )
+    p.add_argument("--db", required=True, help="the fitted calibration store")
+    p.add_argument("--out", required=True, help="policy JSON to write")
+    p.add_argument("--fit", default=None, help="fit result to read (default: <store>.fit.json)")
+
+
 # --- the parser -------------------------------------------------------------------------------
 
-_ADDERS = [_add_generate]
+_ADDERS = [_add_generate, _add_fit, _add_export]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,297 @@
+"""`fit`: from a calibration store to predictor coefficients, a Pareto front and operating points.
+
+    result = fit("calib.duckdb", trials=60, objective="rerun", seed=0)
+
+1. The predictor (`calibration.regression`): ``a, b, c ≥ 0`` from the measured residual-reuse
+   errors, its held-out quality, and the same for the peer signals the store recorded.
+2. The search (`calibration.search`): an Optuna study over ε(p), K and the zones, scored by
+   `calibration.objectives` on the calibration runs (real cached re-runs, or replay).
+3. Operating points: for each target fraction of steps (quality 0.7, balanced 0.5, fast 0.4) the
+   lowest-error Pareto trial that computes at most that fraction, then every point measured on
+   the holdout runs with the same objective, next to references measured the same way: the
+   paper's uncalibrated setting and evenly spaced skipping at each target.
+
+Writes ``<store>.fit.json`` (read by `export`) and ``<store>.fit.png`` beside the store. Pure with
+respect to the store: it only reads it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+
+from calibration.fitdata import FitData, load_fit_data
+from calibration.objectives import Objective, ReplayObjective, RerunObjective, RunSpec
+from calibration.regression import compare_predictors, fit_predictor
+from calibration.search import SearchSpace, open_study, pareto_front, point_from_params, run_search, warm_starts
+from policies import EpsSchedule, InputError, OperatingPoint, Predictor, SensitivityTable
+
+__all__ = ["FIT_FORMAT", "TARGETS", "fit", "fit_result_path", "default_storage", "paper_point", "uniform_point"]
+
+logger = logging.getLogger(__name__)
+
+FIT_FORMAT = "sencache-fit"
+FIT_VERSION = 1
+#: Operating points taken from the Pareto front: name -> target fraction of steps computed.
+TARGETS: dict[str, float] = {"quality": 0.7, "balanced": 0.5, "fast": 0.4}
+#: How far above its target NFE a point may lie and still be chosen for it.
+NFE_TOLERANCE = 0.02
+#: Models small enough that the default objective is real re-runs.
+_SMALL_MODELS = ("toy-", "tiny-")
+
+
+def fit_result_path(db: str | Path) -> Path:
+    """Where `fit` writes its result for the store `db`: ``calib.duckdb`` -> ``calib.fit.json``."""
+    db = Path(db)
+    return db.with_name(db.stem + ".fit.json")
+
+
+def default_storage(db: str | Path) -> str:
+    """The default Optuna storage: a journal file beside the store (``calib.optuna.log``)."""
+    db = Path(db)
+    return str(db.with_name(db.stem + ".optuna.log"))
+
+
+def _storage(url: str | None, db: Path) -> Any:
+    """An Optuna storage: an RDB URL as is; a file path (the default) as a journal file."""
+    target = url or default_storage(db)
+    if "://" in target:
+        return target
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    Path(target).parent.mkdir(parents=True, exist_ok=True)
+    return JournalStorage(JournalFileBackend(target))
+
+
+# --- reference operating points -------------------------------------------------------------
+
+
+def uniform_point(fraction: float, num_steps: int, name: str = "uniform") -> OperatingPoint:
+    """Evenly spaced skipping as an operating point: compute ``round(f·N)`` evenly spaced steps.
+
+    ε is 0 at the knots of the steps that compute (a positive score never passes it) and huge at
+    the others; with a knot at every step position ``i/(N−1)`` the rule reproduces the mask exactly.
+    """
+    n = int(num_steps)
+    keep = max(2, min(n, round(fraction * n)))
+    computed = set(np.round(np.linspace(0, n - 1, keep)).astype(int).tolist())
+    values = [0.0 if i in computed else 1e30 for i in range(n)]
+    run = longest = 0
+    for i in range(n):
+        run = 0 if i in computed else run + 1
+        longest = max(longest, run)
+    positions = [i / (n - 1) for i in range(n)] if n > 1 else [0.0]
+    return OperatingPoint(name, EpsSchedule(tuple(positions), tuple(values)), max_skips=max(1, longest))
+
+
+def paper_point(scale: float = 1.0, name: str = "paper") -> OperatingPoint:
+    """The paper's uncalibrated setting (with ``a = b = 1, c = 0``): two-level ε 0.1/0.2, K = 3."""
+    return OperatingPoint(name, EpsSchedule.two_level(0.1 * scale, 0.2 * scale, 0.2), max_skips=3)
+
+
+PAPER_PREDICTOR = Predictor(1.0, 1.0, 0.0)
+
+
+# --- objectives -----------------------------------------------------------------------------
+
+
+def _default_objective(data: FitData, model: str | None) -> str:
+    name = model or data.model_name
+    return "rerun" if name.startswith(_SMALL_MODELS) or Path(name).is_dir() else "replay"
+
+
+class _Objectives:
+    """Builds the calib and holdout objectives of one kind, loading the model at most once."""
+
+    def __init__(self, kind: str, data: FitData, table: SensitivityTable, model: str | None) -> None:
+        self.kind = kind
+        self.data = data
+        self.table = table
+        self.model = model or data.model_name
+        self._loaded = None
+
+    def _pipe(self) -> Any:
+        if self._loaded is None:
+            from calibration.models import load_model
+            from policies import config_fingerprint
+
+            loaded = load_model(self.model)
+            got = config_fingerprint(dict(loaded.pipe.transformer.config))
+            if got != self.data.fingerprint:
+                raise InputError(
+                    f"--model {self.model!r} (fingerprint {got}) is not the model of {self.data.path} "
+                    f"(fingerprint {self.data.fingerprint}); pass the store's model with --model, or use "
+                    f"`--objective replay`, which needs no model"
+                )
+            self._loaded = loaded
+        return self._loaded
+
+    def for_split(self, split: str) -> Objective | None:
+        ids = self.data.run_ids(split)
+        if not ids:
+            return None
+        if self.kind == "replay":
+            gains = self.data.gain_curve()
+            steps = self.data.steps[self.data.steps["run_id"].isin(ids)]
+            errors = self.data.cache_errors[self.data.cache_errors["run_id"].isin(ids)]
+            pos, g = gains if gains is not None else (None, None)
+            return ReplayObjective(self.table, steps, errors, g, pos)
+        loaded = self._pipe()
+        base = {k: v for k, v in loaded.call_args.items() if k != "num_inference_steps"}
+        specs = [RunSpec(s.prompt, s.seed, s.steps, {**base, **s.call_args}) for s in self.data.run_specs(split)]
+        return RerunObjective(loaded.pipe, self.table, specs, model_name=self.model)
+
+
+# --- the fit --------------------------------------------------------------------------------
+
+
+def _choose_points(front: list[optuna.trial.FrozenTrial], space: SearchSpace,
+                   targets: dict[str, float]) -> list[tuple[str, float, optuna.trial.FrozenTrial]]:
+    chosen = []
+    for name, target in targets.items():
+        fits = [t for t in front if t.values[1] <= target + NFE_TOLERANCE]
+        if fits:
+            best = min(fits, key=lambda t: (t.values[0], t.values[1]))
+        else:
+            best = min(front, key=lambda t: (t.values[1], t.values[0]))
+            logger.warning("no Pareto point computes <= %.2f of the steps; %r takes the fastest (%.2f)",
+                           target, name, best.values[1])
+        chosen.append((name, target, best))
+    return chosen
+
+
+def _rescaled_paper(pairs: Any, predictor: Predictor) -> OperatingPoint:
+    """The paper's two-level shape and K, with ε carried into the fitted score's units.
+
+    Ratio of medians of the fitted and the paper score over the lag-1 calibration pairs.
+    """
+    lag1 = pairs[(pairs["lag"] == 1) & (pairs["split"] == "calib")]
+    fitted = predictor.a * lag1["u"] + predictor.b * lag1["v"] + predictor.c
+    paper = lag1["u"] + lag1["v"]
+    ratio = float(np.nanmedian(fitted) / np.nanmedian(paper)) if len(lag1) and np.nanmedian(paper) > 0 else 1.0
+    return paper_point(scale=ratio if math.isfinite(ratio) and ratio > 0 else 1.0)
+
+
+def _measure(objective: Objective | None, predictor: Predictor, point: OperatingPoint) -> dict[str, Any] | None:
+    return None if objective is None else objective.evaluate(predictor, point).to_dict()
+
+
+def fit(
+    db: str | Path,
+    trials: int = 60,
+    objective: str | None = None,
+    seed: int = 0,
+    storage: str | None = None,
+    knots: int = 10,
+    model: str | None = None,
+    show_progress: bool = True,
+    targets: dict[str, float] | None = None,
+    plot: bool = True,
+) -> dict[str, Any]:
+    """Fit a policy's predictor and operating points from the store at `db`; returns the result.
+
+    Args:
+        db: the calibration store (`sencache-calibrate collect`).
+        trials: finished trials the study must hold (a resumed study runs only the rest); >= 1.
+        objective: ``"rerun"`` (real cached re-runs; default for the toys and local folders) or
+            ``"replay"`` (stored trajectories; no model needed).
+        seed: seeds the sampler: one worker, the same store and seed give the same result.
+        storage: Optuna storage URL, or a journal file path; default ``<store>.optuna.log``.
+        knots: ε knots over p ∈ [0, 1], 8–16.
+        model: the model to re-run (default: the store's model name).
+    """
+    if isinstance(trials, bool) or not isinstance(trials, int) or trials < 1:
+        raise InputError(f"--trials must be a positive integer, got {trials!r}; e.g. `sencache-calibrate fit --db {db} --trials 60`")
+    if not 8 <= int(knots) <= 16:
+        raise InputError(f"--knots must lie in 8..16, got {knots}")
+    if objective not in (None, "rerun", "replay"):
+        raise InputError(f"--objective must be rerun or replay, got {objective!r}")
+    targets = dict(targets or TARGETS)
+    data = load_fit_data(db, model)
+    kind = objective or _default_objective(data, model)
+    table = data.sensitivity_table()
+    pairs = data.pairs(table)
+    predictor_fit = fit_predictor(pairs)
+    comparison = compare_predictors(pairs, data.steps, predictor_fit)
+    predictor = Predictor(predictor_fit.a, predictor_fit.b, predictor_fit.c,
+                          None if predictor_fit.r2 is None else min(predictor_fit.r2, 1.0),
+                          predictor_fit.spearman)
+
+    calib = pairs[pairs["split"] == "calib"]
+    scores = predictor.a * calib["u"] + predictor.b * calib["v"] + predictor.c
+    space = SearchSpace.from_scores(scores.to_numpy(np.float64), knots, data.num_steps)
+    gains = data.gain_curve()
+    knot_gain = None if gains is None else np.interp(space.positions, *gains)
+    typical = float(np.nanmedian(scores[calib["lag"] == 1])) if (calib["lag"] == 1).any() else float(np.nanmedian(scores))
+
+    objectives = _Objectives(kind, data, table, model)
+    calib_obj = objectives.for_split("calib")
+    study_name = f"sencache-fit-{kind}-k{knots}-s{seed}"
+    study = open_study(_storage(storage, data.path), seed, study_name)
+    run_search(study, calib_obj, predictor, space, trials, warm_starts(space, typical, knot_gain), show_progress)
+
+    front = pareto_front(study)
+    chosen = _choose_points(front, space, targets)
+    holdout_obj = objectives.for_split("holdout")
+    validation = "holdout" if holdout_obj is not None else "calib (no holdout runs in the store)"
+    check_obj = holdout_obj or calib_obj
+    points = []
+    for name, target, trial in chosen:
+        point = point_from_params(trial.params, space, name)
+        measured = check_obj.evaluate(predictor, point)
+        points.append({**point.to_dict(), "expected_nfe_fraction": max(measured.nfe_fraction, 1e-6),
+                       "expected_error": measured.error, "target_nfe_fraction": target, "trial": trial.number,
+                       "calib": {"error": trial.values[0], "nfe_fraction": trial.values[1]},
+                       "validation": measured.to_dict()})
+    paper_in_units = _rescaled_paper(pairs, predictor)
+    measured = check_obj.evaluate(predictor, paper_in_units)
+    points.append({**paper_in_units.to_dict(), "expected_nfe_fraction": max(measured.nfe_fraction, 1e-6),
+                   "expected_error": measured.error, "validation": measured.to_dict(),
+                   "note": "the paper's two-level ε shape and K = 3, ε rescaled into the fitted score's units"})
+    references = {
+        "paper": {"predictor": [1.0, 1.0, 0.0], "point": paper_point().to_dict(),
+                  "validation": _measure(check_obj, PAPER_PREDICTOR, paper_point())},
+        "uniform": {name: _measure(check_obj, predictor, uniform_point(f, data.num_steps)) for name, f in targets.items()},
+    }
+    result = {
+        "format": FIT_FORMAT,
+        "version": FIT_VERSION,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "store": str(data.path),
+        "store_digest": data.digest,
+        "model": {"class": data.model_class, "fingerprint": data.fingerprint, "name": data.model_name},
+        "scheduler": data.scheduler().to_dict(),
+        "runs": {"calib": data.run_ids("calib"), "holdout": data.run_ids("holdout")},
+        "objective": kind,
+        "seed": seed,
+        "trials": len([t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]),
+        "study": {"name": study_name, "storage": storage or default_storage(data.path)},
+        "predictor": predictor_fit.to_dict(),
+        "predictor_comparison": [row.to_dict() for row in comparison],
+        "sensitivity": table.to_dict(),
+        "search_space": space.to_dict(),
+        "propagation_gain": None if gains is None else {"positions": gains[0].tolist(), "gain": gains[1].tolist()},
+        "pareto_front": [{"trial": t.number, "error": t.values[0], "nfe_fraction": t.values[1]} for t in front],
+        "operating_points": points,
+        "default_operating_point": "balanced" if "balanced" in targets else next(iter(targets)),
+        "validation": validation,
+        "references": references,
+    }
+    path = fit_result_path(data.path)
+    path.write_text(json.dumps(result, indent=2, allow_nan=False) + "\n")
+    logger.info("wrote %s", path)
+    if plot:
+        from calibration.fitplot import plot_fit
+
+        plot_fit(result, pairs, study, path.with_suffix(".png"))
+    for p in points:
+        logger.info("  %-9s NFE %.2f  error %.4g (%s)", p["name"], p["expected_nfe_fraction"], p["expected_error"], validation)
+    return result
