@@ -118,7 +118,10 @@ def number(
     """A finite real number in [low, high] (or (low, high] with `low_open`); None bounds are open."""
     if not _is_real(value):
         where.fail(f"must be a number, got {type(value).__name__} {_describe(value)}")
-    out = float(value)
+    try:
+        out = float(value)
+    except OverflowError:  # an integer beyond the float range
+        out = math.inf
     if not math.isfinite(out):
         where.fail(f"must be finite, got {out}")
     if low is not None and (out <= low if low_open else out < low):
@@ -169,7 +172,7 @@ def json_native(value: Any, where: Where, depth: int = 0) -> Any:
     if _is_int(value):
         return int(value)
     if _is_real(value):
-        out = float(value)
+        out = float(value)  # not an int here, so no overflow
         if not math.isfinite(out):
             where.fail(f"must be finite, got {out} (JSON has no NaN or infinity)")
         return out

@@ -8,6 +8,7 @@ field path; code that builds these by hand leaves it out.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import InitVar, dataclass, field
 from typing import Any
@@ -78,6 +79,9 @@ class SchedulerInfo:
         if not isinstance(config, dict):
             where.at("config").fail(f"must be a JSON object, got {type(config).__name__}")
         object.__setattr__(self, "config", config)
+
+    def __hash__(self) -> int:  # the config is a dict: hash its canonical JSON
+        return hash((self.class_name, json.dumps(self.config, sort_keys=True)))
 
     @classmethod
     def from_dict(cls, data: Any, where: Where | None = None) -> SchedulerInfo:

@@ -154,6 +154,11 @@ class Policy:
         object.__setattr__(self, "default_operating_point", default)
         object.__setattr__(self, "provenance", _provenance(self.provenance, where.at("provenance")))
 
+    def __hash__(self) -> int:  # provenance is a dict: hash its canonical JSON
+        return hash((self.model, self.scheduler, self.sensitivity, self.predictor,
+                     self.operating_points, self.default_operating_point,
+                     json.dumps(self.provenance, sort_keys=True)))
+
     # ---- construction and serialisation -------------------------------------------------------
 
     @classmethod
@@ -233,11 +238,14 @@ class Policy:
             raise PolicyError(f"{self.source}: pass operating_point=<name> or speedup=<x>, "
                               "not both. Fix: drop one of them.")
         if speedup is not None:
-            ok = isinstance(speedup, (int, float)) and not isinstance(speedup, bool)
-            if not ok or not math.isfinite(speedup) or speedup <= 0:
+            try:
+                value = math.nan if isinstance(speedup, (bool, str)) else float(speedup)
+            except (TypeError, ValueError, OverflowError):
+                value = math.nan
+            if not math.isfinite(value) or value <= 0:
                 raise PolicyError(f"{self.source}: speedup must be a finite number > 0, got "
                                   f"{speedup!r}. Fix: pass e.g. speedup=2.0.")
-            measured = [(abs(p.expected_speedup - speedup), i, p)
+            measured = [(abs(p.expected_speedup - value), i, p)
                         for i, p in enumerate(self.operating_points) if p.expected_speedup]
             if not measured:
                 raise PolicyError(

@@ -57,6 +57,7 @@ def test_save_load_round_trip(build, valid_dict, tmp_path):
     assert loaded == policy
     assert loaded.to_dict() == policy.to_dict()
     assert loaded.source == str(path)
+    assert hash(loaded) == hash(policy)  # usable as a cache key
 
 
 @pytest.mark.parametrize("build", BUILDERS, ids=IDS)
