@@ -17,6 +17,7 @@ respect to the store: it only reads it.
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import math
@@ -145,8 +146,12 @@ class _Objectives:
             pos, g = gains if gains is not None else (None, None)
             return ReplayObjective(self.table, steps, errors, g, pos)
         loaded = self._pipe()
+        accepted = set(inspect.signature(loaded.pipe.__call__).parameters)
         base = {k: v for k, v in loaded.call_args.items() if k != "num_inference_steps"}
-        specs = [RunSpec(s.prompt, s.seed, s.steps, {**base, **s.call_args}) for s in self.data.run_specs(split)]
+        specs = []
+        for s in self.data.run_specs(split):
+            call = {k: v for k, v in {**base, **s.call_args}.items() if k in accepted}
+            specs.append(RunSpec(s.prompt, s.seed, s.steps, call))
         return RerunObjective(loaded.pipe, self.table, specs, model_name=self.model)
 
 

@@ -31,6 +31,10 @@ _TRANSFORMER_OF = {
 }
 
 
+#: Keys of `runs.extra` that describe the collect itself, not the pipeline call.
+_COLLECT_BOOKKEEPING = {"k_max", "propagation_points", "transformer_class"}
+
+
 def _collect_cmd(db: Path, model: str | None = None) -> str:
     return f"`sencache-calibrate collect --model {model or '<model>'} --db {db}`"
 
@@ -153,8 +157,8 @@ class FitData:
                 if value is not None and not (isinstance(value, float) and np.isnan(value)):
                     call[col] = float(value) if col == "guidance_scale" else int(value)
             extra = _json(row.get("extra")) or {}
-            if isinstance(extra, dict) and "call_args" in extra and isinstance(extra["call_args"], dict):
-                call.update(extra["call_args"])
+            if isinstance(extra, dict):  # collect keeps other call arguments there (max_sequence_length)
+                call.update({k: v for k, v in extra.items() if k not in _COLLECT_BOOKKEEPING})
             out.append(RunSpec(str(row["prompt"]), int(row["seed"]), int(row["num_steps"]), call))
         return out
 
