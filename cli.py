@@ -43,6 +43,49 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
+# --- quickstart ------------------------------------------------------------------------------
+
+
+def _cmd_quickstart(args: argparse.Namespace) -> int:
+    from calibration.quickstart import quickstart
+
+    result = quickstart(
+        model=args.model,
+        out=args.out,
+        prompts=args.prompts,
+        seeds=args.seeds,
+        steps=args.steps,
+        trials=args.trials,
+        overwrite=args.overwrite,
+        progress=not args.quiet,
+    )
+    print(result.summary())
+    return EXIT_OK
+
+
+def _add_quickstart(sub: argparse._SubParsersAction) -> None:
+    p = _command(
+        sub,
+        "quickstart",
+        _cmd_quickstart,
+        """Run collect -> fit -> export -> bench on a bundled toy model and print what it found.
+
+        A few minutes on 2 CPU cores with the defaults. Everything lands in --out: the calibration
+        store, the fit report, the policy JSON and the benchmark (bench.json, plots, summary.md).
+
+        Example:
+          sencache-calibrate quickstart --model toy-wan --out sencache-quickstart
+        """,
+    )
+    _add_model_args(p)
+    p.add_argument("--out", default="sencache-quickstart", help="folder for every output (default: %(default)s)")
+    p.add_argument("--prompts", type=int, default=6, help="calibration prompts (default: %(default)s)")
+    p.add_argument("--seeds", type=int, default=2, help="seeds per prompt (default: %(default)s)")
+    p.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model's zoo.json)")
+    p.add_argument("--trials", type=int, default=24, help="Optuna trials of the fit (default: %(default)s)")
+    p.add_argument("--overwrite", action="store_true", help="reuse a non-empty --out folder")
+
+
 # --- generate ---------------------------------------------------------------------------------
 
 
@@ -159,9 +202,221 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fit", default=None, help="fit result to read (default: <store>.fit.json)")
 
 
+# --- collect -----------------------------------------------------------------------------------
+
+
+def _cmd_collect(args: argparse.Namespace) -> int:
+    from calibration.collect import collect, read_prompts
+
+    summary = collect(
+        model=args.model,
+        prompts=read_prompts(args.prompts) if args.prompts is not None else None,
+        seeds=args.seeds,
+        steps=args.steps,
+        db=args.db,
+        k_max=args.k_max,
+        estimator=args.estimator,
+        no_latents=args.no_latents,
+        holdout_fraction=args.holdout_fraction,
+        propagation=args.propagation,
+        progress=not args.quiet,
+    )
+    print(summary.db)
+    return EXIT_OK
+
+
+def _add_collect(sub: argparse._SubParsersAction) -> None:
+    p = _command(
+        sub,
+        "collect",
+        _cmd_collect,
+        """Record full-compute runs (prompts x seeds) into a calibration store.
+
+        Per step: timestep, latent change, output norms, the sensitivity estimate (J_x, J_t) and
+        the measured errors of reusing the cached residual (and the output) at lags 1..K. One run
+        per (prompt, seed), each committed whole; rerunning skips the runs already stored. Under
+        `torchrun --nproc-per-node N` each rank writes its own shard <db stem>.rank<k>.duckdb;
+        combine them with `sencache-calibrate store merge`.
+
+        Example:
+          sencache-calibrate collect --model toy-wan --prompts prompts.txt --seeds 4 --steps 30 --db calib.duckdb
+          torchrun --nproc-per-node 4 -m cli collect --model toy-wan --seeds 4 --db calib.duckdb
+          sencache-calibrate store merge --out calib.duckdb
+        """,
+    )
+    _add_model_args(p)
+    p.add_argument("--prompts", default=None,
+                   help="text file, one prompt per line (default for zoo models: the zoo's training and held-out prompts)")
+    p.add_argument("--seeds", type=int, default=4, help="seeds per prompt: 0..N-1 (default: %(default)s)")
+    p.add_argument("--steps", type=int, default=30, help="denoising steps per run, at least 2 (default: %(default)s)")
+    p.add_argument("--db", default="calib.duckdb", help="the store to write (default: %(default)s)")
+    p.add_argument("--k-max", type=int, default=4,
+                   help="largest lag of the measured caching errors; each lag costs a cheap bypassed forward per step "
+                   "(default: %(default)s)")
+    p.add_argument("--estimator", choices=("trajectory", "reference"), default="trajectory",
+                   help="trajectory: one extra forward per step on the run itself; reference: the paper's, from the "
+                   "zoo's clean clips, three extra forwards per step (default: %(default)s)")
+    p.add_argument("--no-latents", action="store_true", help="do not store per-step latents (large models)")
+    p.add_argument("--holdout-fraction", type=float, default=0.25,
+                   help="share of prompts (by hash) whose runs are marked holdout (default: %(default)s)")
+    p.add_argument("--propagation", type=int, nargs="?", const=6, default=0, metavar="POINTS",
+                   help="also measure the propagation gain G(p) at POINTS steps (default when given: 6); "
+                   "each point costs one more pipeline call per run")
+    p.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS, help="no progress bars")
+
+
+# --- store -------------------------------------------------------------------------------------
+
+
+def _cmd_store_merge(args: argparse.Namespace) -> int:
+    from store import find_shards, merge_stores
+
+    shards = args.shards or find_shards(args.out)
+    report = merge_stores(shards, args.out, overwrite=args.overwrite)
+    logging.getLogger("sencache.cli").info(
+        "merged %d shard(s) into %s: %s", len(shards), report.out_path, report.counts)
+    print(report.out_path)
+    return EXIT_OK
+
+
+def _add_store(sub: argparse._SubParsersAction) -> None:
+    p = _command(
+        sub,
+        "store",
+        _cmd_store_missing,
+        """Manage calibration stores (merge the shards of a distributed collect).
+
+        Example:
+          sencache-calibrate store merge calib.rank0.duckdb calib.rank1.duckdb --out calib.duckdb
+        """,
+    )
+    actions = p.add_subparsers(dest="store_command", metavar="ACTION")
+    m = _command(
+        actions,
+        "merge",
+        _cmd_store_merge,
+        """Combine shard stores into one, refusing shards of another schema version or model.
+
+        Without SHARDS, merges the shards of --out (<stem>.rank<k>.duckdb beside it).
+
+        Example:
+          sencache-calibrate store merge calib.rank*.duckdb --out calib.duckdb
+        """,
+    )
+    m.add_argument("shards", nargs="*", help="shard files (default: the rank shards of --out)")
+    m.add_argument("--out", required=True, help="the merged store to write")
+    m.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+
+
+def _cmd_store_missing(args: argparse.Namespace) -> int:
+    from policies.errors import InputError
+
+    raise InputError("store: name an action, e.g. `sencache-calibrate store merge SHARDS --out OUT.duckdb`")
+
+
+# --- zoo ---------------------------------------------------------------------------------------
+
+
+def _cmd_zoo_train(args: argparse.Namespace) -> int:
+    from calibration.zoo.registry import zoo_folder
+    from calibration.zoo.train import train_toy
+
+    zoo_folder(args.name)  # unknown names fail here, with the list of toys
+    folder = train_toy(args.name, minutes=args.minutes, seed=args.seed, progress=not args.quiet)
+    print(folder)
+    return EXIT_OK
+
+
+def _cmd_zoo_grid(args: argparse.Namespace) -> int:
+    from calibration.zoo.grid import zoo_grid
+
+    print(zoo_grid(args.name, Path(args.out), seed=args.seed, steps=args.steps))
+    return EXIT_OK
+
+
+def _cmd_zoo_check(args: argparse.Namespace) -> int:
+    import json
+
+    from calibration.zoo.fidelity import FACTORS, check
+
+    result = check(args.name, seeds=list(range(args.seeds)), steps=args.steps)
+    print(json.dumps({k: result[k] for k in (*FACTORS, "n")}, indent=2))
+    low = [f for f in FACTORS if result[f] < args.min_accuracy]
+    if low:
+        print(f"error: {args.name}: {', '.join(low)} below {args.min_accuracy:g} on held-out prompts; "
+              f"retrain longer with `sencache-calibrate zoo train {args.name} --minutes 90`", file=sys.stderr)
+        return EXIT_FAILURE
+    return EXIT_OK
+
+
+def _cmd_zoo_missing(args: argparse.Namespace) -> int:
+    from policies.errors import InputError
+
+    raise InputError("zoo: name an action, e.g. `sencache-calibrate zoo check toy-wan`")
+
+
+def _add_zoo(sub: argparse._SubParsersAction) -> None:
+    p = _command(
+        sub,
+        "zoo",
+        _cmd_zoo_missing,
+        """Train, look at and check the toy model zoo (toy-wan, toy-cogvideox, toy-ltx).
+
+        Example:
+          sencache-calibrate zoo check toy-wan
+        """,
+    )
+    actions = p.add_subparsers(dest="zoo_command", metavar="ACTION")
+    t = _command(
+        actions,
+        "train",
+        _cmd_zoo_train,
+        """Train a toy (VAE, then transformer) on the synthetic shapes and save it into the zoo.
+
+        One thread; the wall-clock budget is split 25% VAE / 75% transformer.
+
+        Example:
+          sencache-calibrate zoo train toy-wan --minutes 80 --seed 0
+        """,
+    )
+    t.add_argument("name", help="toy-wan, toy-cogvideox or toy-ltx")
+    t.add_argument("--minutes", type=float, default=60.0, help="wall-clock budget (default: %(default)s)")
+    t.add_argument("--seed", type=int, default=0, help="weights, data and noise seed (default: %(default)s)")
+    g = _command(
+        actions,
+        "grid",
+        _cmd_zoo_grid,
+        """Write a PNG of decoded frames for held-out and training prompts, with what each shows.
+
+        Example:
+          sencache-calibrate zoo grid toy-wan --out docs/toy-wan.png
+        """,
+    )
+    g.add_argument("name", help="a zoo name or pipeline folder")
+    g.add_argument("--out", required=True, help="PNG file to write")
+    g.add_argument("--seed", type=int, default=0, help="generator seed (default: %(default)s)")
+    g.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model's zoo.json)")
+    c = _command(
+        actions,
+        "check",
+        _cmd_zoo_check,
+        """Score a toy's prompt fidelity on held-out prompts: object colour, background, direction.
+
+        Exits 1 when any accuracy is below --min-accuracy.
+
+        Example:
+          sencache-calibrate zoo check toy-wan --seeds 2
+        """,
+    )
+    c.add_argument("name", help="a zoo name or pipeline folder")
+    c.add_argument("--seeds", type=int, default=2, help="seeds per held-out prompt (default: %(default)s)")
+    c.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model's zoo.json)")
+    c.add_argument("--min-accuracy", type=float, default=0.0, help="fail below this accuracy (default: %(default)s)")
+
+
 # --- the parser -------------------------------------------------------------------------------
 
-_ADDERS = [_add_generate, _add_fit, _add_export]
+_ADDERS = [_add_quickstart, _add_generate, _add_fit, _add_export, _add_collect, _add_store, _add_zoo]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -126,7 +126,9 @@ def _run_row(loaded: Any, fingerprint: str, prompt: str, seed: int, steps: int, 
         "model_fingerprint": fingerprint,
         "pipeline_class": type(pipe).__name__,
         "scheduler_class": type(pipe.scheduler).__name__,
-        "scheduler_config": json.dumps(dict(pipe.scheduler.config), sort_keys=True, default=str),
+        "scheduler_config": json.dumps(
+            {k: v for k, v in dict(pipe.scheduler.config).items() if not k.startswith("_")}, sort_keys=True, default=str
+        ),
         "prompt": prompt,
         "seed": int(seed),
         "num_steps": int(steps),
@@ -267,8 +269,10 @@ def collect(
         for row in bar:
             t0 = time.perf_counter()
             frames = _collect_one(loaded, row["prompt"], row["seed"], call, k_max, estimator, not no_latents, points)
-            store.write_run({**row, "wall_s": time.perf_counter() - t0}, **frames)
+            wall = time.perf_counter() - t0
+            store.write_run({**row, "wall_s": wall}, **frames)
             written += 1
+            logger.info("collect: run %s written (%r, seed %d, %.1fs)", row["run_id"], row["prompt"], row["seed"], wall)
     summary = CollectSummary(path, loaded.name, fingerprint, len(rows), written, skipped, rank, world,
                              time.perf_counter() - started, [r["run_id"] for r in rows])
     logger.info(summary.describe())
