@@ -206,7 +206,11 @@ class CalibrationStore:
                         f"holds model {expected or '(mixed batch)'}. A store holds one model: use another "
                         f"file, e.g. `{_COLLECT.format(path='OTHER.duckdb')}`."
                     )
-        written = write_prepared(self._engine, prepared, claim_fingerprint=claim)
+        connection = self._engine.raw_connection()  # StaticPool: the store's one connection
+        try:
+            written = write_prepared(connection.dbapi_connection, prepared, claim_fingerprint=claim)
+        finally:
+            connection.close()  # back to the pool; the duckdb connection stays open
         if claim is not None and any(written):
             self._meta["model_fingerprint"] = claim
         return written

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import sqlalchemy as sa
 
 from policies.errors import InputError
@@ -122,74 +123,125 @@ def _as_int(value: Any, where: str) -> int:
     return int(value)
 
 
-def _column_to_arrow(values: pd.Series, column: sa.Column, where: str) -> pa.Array:
+def _float_column(floats: np.ndarray, column: sa.Column, where: str) -> pa.Array:
+    """A float64 numpy column as the Arrow array of `column` (NaN/inf → NULL for reals)."""
+    finite = np.isfinite(floats)
+    if isinstance(column.type, sa.Double):
+        return pa.array(floats, type=pa.float64(), mask=None if finite.all() else ~finite)
+    if not finite.all():
+        raise InputError(f"{where}: has missing or infinite values; the column is required")
+    if isinstance(column.type, sa.Integer):
+        ints = floats.astype(np.int64)
+        if not np.array_equal(ints, floats):
+            raise InputError(f"{where}: expected integers, got fractional values like {floats[ints != floats][0]}")
+        return pa.array(ints, type=pa.int64())
+    raise InputError(f"{where}: expected text, got numbers")
+
+
+def _column_to_arrow(values: pa.Array | pa.ChunkedArray, column: sa.Column, where: str) -> pa.Array:
     kind = column.type
-    if isinstance(kind, sa.Double):
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    if isinstance(kind, sa.Double) or (pa.types.is_floating(values.type) and not values.null_count):
         try:
-            floats = values.to_numpy(dtype="float64", na_value=np.nan)
-        except (TypeError, ValueError) as exc:
+            floats = pc.cast(values, pa.float64()).to_numpy(zero_copy_only=False)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
             raise InputError(f"{where}: expected numbers ({exc})") from None
-        return pa.array(floats, type=pa.float64(), mask=~np.isfinite(floats))
-    if values.isna().any():
+        return _float_column(floats, column, where)
+    if values.null_count:
         raise InputError(f"{where}: has missing values; the column is required")
     if isinstance(kind, sa.Integer):
-        try:
-            ints = values.to_numpy(dtype="int64")
-        except (TypeError, ValueError) as exc:
-            raise InputError(f"{where}: expected integers ({exc})") from None
-        if values.dtype.kind == "f" and not np.array_equal(ints, values.to_numpy(dtype="float64")):
-            raise InputError(f"{where}: expected integers, got fractional values")
-        return pa.array(ints, type=pa.int64())
-    return pa.array([str(v) for v in values], type=pa.string())
+        if pa.types.is_integer(values.type):
+            return pc.cast(values, pa.int64())
+        raise InputError(f"{where}: expected integers, got {values.type} values like {values[0]}")
+    if pa.types.is_string(values.type):
+        return values
+    try:
+        return pc.cast(values, pa.string())
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+        raise InputError(f"{where}: expected text ({exc})") from None
+
+
+def _columns(frame: pd.DataFrame | pa.Table | Mapping[str, Any], name: str) -> tuple[dict[str, Any], int]:
+    """The given columns (float64 numpy arrays or Arrow arrays) and the row count.
+
+    A DataFrame of numeric columns (the common case) is converted in one copy, as a float64
+    matrix; integer columns come back exact up to 2**53, far beyond any step or lag.
+    """
+    if isinstance(frame, pd.DataFrame):
+        names = [str(c) for c in frame.columns]
+        if all(isinstance(d, np.dtype) and d.kind in "fiu" for d in frame.dtypes):
+            matrix = np.ascontiguousarray(frame.to_numpy(dtype=np.float64).T)
+            return dict(zip(names, matrix)), len(frame)
+        frame = {n: v for n, v in zip(names, (frame.iloc[:, j] for j in range(frame.shape[1])))}
+    if isinstance(frame, pa.Table):
+        return {n: frame[n] for n in frame.column_names}, frame.num_rows
+    try:
+        table = pa.table(
+            {
+                str(k): pa.Array.from_pandas(v) if isinstance(v, pd.Series) else v if isinstance(v, (list, tuple)) else np.asarray(v)
+                for k, v in frame.items()
+            }
+        )
+    except (pa.ArrowInvalid, pa.ArrowTypeError, ValueError) as exc:
+        raise InputError(f"{name}: cannot read the rows as a table ({exc})") from None
+    return {n: table[n] for n in table.column_names}, table.num_rows
 
 
 def frame_to_arrow(
-    name: str, frame: pd.DataFrame | Mapping[str, Any] | None, run_id: str, defaults: Mapping[str, Any] = ()
+    name: str, frame: pd.DataFrame | pa.Table | Mapping[str, Any] | None, run_id: str, defaults: Mapping[str, Any] = ()
 ) -> pa.Table:
     """One run's rows of table `name` as an Arrow table in the table's column order.
 
-    `frame` may omit `run_id` (it is filled in) and any nullable column (NULL); a column in
-    `defaults` that is missing is filled with that value. Duplicate keys are refused.
+    `frame` (a DataFrame, an Arrow table or a mapping of columns) may omit `run_id` (it is filled
+    in) and any nullable column (NULL); a column in `defaults` that is missing is filled with that
+    value. Duplicate keys are refused.
     """
     table = TABLES[name]
     schema = arrow_schema(table)
     if frame is None:
         return schema.empty_table()
-    frame = frame if isinstance(frame, pd.DataFrame) else pd.DataFrame(dict(frame))
-    unknown = sorted(set(frame.columns) - set(table.columns.keys()))
+    given, n = _columns(frame, name)
+    unknown = sorted(set(given) - set(table.columns.keys()))
     if unknown:
         raise InputError(f"{name}: unknown column(s) {unknown}; the columns are {list(table.columns.keys())}")
-    n = len(frame)
     if n == 0:
         return schema.empty_table()
-    if "run_id" in frame.columns and not (frame["run_id"].astype(str) == run_id).all():
+    if "run_id" in given and any(str(v) != run_id for v in np.unique(np.asarray(given["run_id"], dtype=object))):
         raise InputError(f"{name}.run_id: rows name another run than {run_id!r}")
+    defaults = dict(defaults)
     arrays = []
     for column in table.columns:
         where = f"{name}.{column.name} (run {run_id})"
         if column.name == "run_id":
             arrays.append(pa.array([run_id] * n, type=pa.string()))
-        elif column.name in frame.columns:
-            arrays.append(_column_to_arrow(frame[column.name].reset_index(drop=True), column, where))
-        elif column.name in dict(defaults):
-            arrays.append(_column_to_arrow(pd.Series([dict(defaults)[column.name]] * n), column, where))
+        elif column.name in given:
+            values = given[column.name]
+            if isinstance(values, np.ndarray) and values.dtype == np.float64:
+                arrays.append(_float_column(values, column, where))
+            else:
+                arrays.append(_column_to_arrow(values if isinstance(values, (pa.Array, pa.ChunkedArray)) else pa.array(values), column, where))
+        elif column.name in defaults:
+            arrays.append(_column_to_arrow(pa.array([defaults[column.name]] * n), column, where))
         elif column.nullable:
             arrays.append(pa.nulls(n, type=schema.field(column.name).type))
         else:
             raise InputError(f"{name}: required column {column.name!r} is missing (run {run_id})")
     out = pa.Table.from_arrays(arrays, schema=schema)
+    for key, least in (("step", 0), ("lag", 1)):
+        if key in schema.names and pc.min(out[key]).as_py() < least:
+            raise InputError(f"{name}.{key} (run {run_id}): must be >= {least}, got {pc.min(out[key]).as_py()}")
     _refuse_duplicate_keys(name, out, run_id)
     return out
 
 
 def _refuse_duplicate_keys(name: str, table: pa.Table, run_id: str) -> None:
     keys = [k for k in KEY_COLUMNS[name] if k != "run_id"]
-    if table.num_rows < 2 or table.select(keys).group_by(keys).aggregate([]).num_rows == table.num_rows:
-        return
-    frame = table.select(keys).to_pandas()
-    if frame.duplicated(keep=False).any():
-        first = frame[frame.duplicated(keep=False)].iloc[0].to_dict()
-        raise InputError(f"{name}: key {first} appears more than once in run {run_id}")
+    seen: set[tuple] = set()
+    for key in zip(*(table[k].to_numpy(zero_copy_only=False).tolist() for k in keys)):
+        if key in seen:
+            raise InputError(f"{name}: key {dict(zip(keys, key))} appears more than once in run {run_id}")
+        seen.add(key)
 
 
 def _to_numpy(value: Any) -> np.ndarray:

@@ -14,6 +14,8 @@ Bump `SCHEMA_VERSION` whenever a column changes meaning or a table changes shape
 
 from __future__ import annotations
 
+import functools
+
 import pyarrow as pa
 import sqlalchemy as sa
 
@@ -176,6 +178,7 @@ def _arrow_type(column: sa.Column) -> pa.DataType:
     return pa.string()
 
 
+@functools.lru_cache(maxsize=None)
 def arrow_schema(table: sa.Table) -> pa.Schema:
     """The Arrow schema whose columns, in order, are those of `table` (for bulk appends)."""
     return pa.schema([pa.field(c.name, _arrow_type(c), nullable=c.nullable) for c in table.columns])

@@ -6,9 +6,10 @@ replays only committed transactions from its write-ahead log). A run whose id is
 is skipped, which makes rewriting idempotent and lets `collect` resume.
 
 Rows go in as Arrow tables through DuckDB's own relation API (`from_arrow(...).insert_into`),
-one statement per table per transaction; `executemany` is ~40x slower (measured in
-`benchmarks/store_insert.py`). Most of the cost of a single-run write is the transaction itself
-(begin, five statements, an fsync at commit); `write_runs` amortises it over a batch.
+one statement per table per transaction, on the raw duckdb connection (SQLAlchemy's transaction
+wrapper alone costs ~0.6 ms a write); `executemany` is ~20x slower (`benchmarks/store_insert.py
+--executemany`). Most of the cost of a single-run write is fixed: a millisecond or so per
+statement and an fsync at commit; `write_runs` amortises it over a batch.
 """
 
 from __future__ import annotations
@@ -18,9 +19,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import duckdb
 import pandas as pd
 import pyarrow as pa
-import sqlalchemy as sa
 
 from store.rows import frame_to_arrow, latents_to_arrow, normalize_run_row
 from store.schema import RUN_TABLES, TABLES, arrow_schema
@@ -83,37 +84,53 @@ def _stored_ids(raw: Any, run_ids: list[str]) -> set[str]:
     return {r[0] for r in rows}
 
 
-def write_prepared(
-    engine: sa.Engine, prepared: Iterable[_Prepared], *, claim_fingerprint: str | None = None
-) -> list[bool]:
-    """Append the runs not stored yet, all in one transaction; returns, per run, whether it was new.
-
-    `claim_fingerprint` records the model fingerprint in `meta` in the same transaction (the
-    first write to a store that was created without one).
-    """
-    prepared = list(prepared)
-    if not prepared:
-        return []
-    with engine.begin() as conn:
-        raw = conn.connection.dbapi_connection
-        stored = _stored_ids(raw, [p.run_id for p in prepared])
-        written: list[bool] = []
-        keep: list[_Prepared] = []
-        for p in prepared:
-            new = p.run_id not in stored
-            written.append(new)
-            if new:
-                stored.add(p.run_id)  # a run repeated inside the batch is written once
-                keep.append(p)
-        if claim_fingerprint is not None and keep:
+def _append_runs(raw: Any, runs: list[_Prepared], claim_fingerprint: str | None, *, check: bool) -> list[_Prepared]:
+    """One transaction appending `runs` (minus those already stored when `check`); returns those written."""
+    raw.begin()
+    try:
+        if check:
+            stored = _stored_ids(raw, [p.run_id for p in runs])
+            runs = [p for p in runs if p.run_id not in stored]
+        if claim_fingerprint is not None and runs:
             raw.execute(
                 "INSERT OR REPLACE INTO meta (key, value) VALUES ('model_fingerprint', ?)", [claim_fingerprint]
             )
         for name in RUN_TABLES:
-            parts = [p.tables[name] for p in keep if p.tables[name].num_rows]
+            parts = [p.tables[name] for p in runs if p.tables[name].num_rows]
             if parts:
                 _append(raw, name, parts[0] if len(parts) == 1 else pa.concat_tables(parts))
-    skipped = len(prepared) - len(keep)
-    if skipped:
-        logger.info("store: %d run(s) already stored, skipped", skipped)
-    return written
+    except BaseException:
+        raw.rollback()
+        raise
+    raw.commit()
+    return runs
+
+
+def write_prepared(
+    raw: Any, prepared: Iterable[_Prepared], *, claim_fingerprint: str | None = None
+) -> list[bool]:
+    """Append the runs not stored yet, all in one transaction; returns, per run, whether it was new.
+
+    `raw` is the duckdb connection (no transaction open). The append is optimistic: new runs (the
+    common case) cost no lookup, and the primary key of `runs` refuses a stored one, which rolls
+    back and retries with a lookup. `claim_fingerprint` records the model fingerprint in `meta`
+    in the same transaction (the first write to a store created without one).
+    """
+    prepared = list(prepared)
+    unique: dict[str, _Prepared] = {}
+    for p in prepared:
+        unique.setdefault(p.run_id, p)  # a run repeated inside the batch is written once
+    if not unique:
+        return []
+    try:
+        written = _append_runs(raw, list(unique.values()), claim_fingerprint, check=False)
+    except duckdb.ConstraintException:
+        written = _append_runs(raw, list(unique.values()), claim_fingerprint, check=True)
+    new_ids = {p.run_id for p in written}
+    flags = []
+    for p in prepared:
+        flags.append(p.run_id in new_ids)
+        new_ids.discard(p.run_id)
+    if len(written) < len(prepared):
+        logger.info("store: %d run(s) already stored, skipped", len(prepared) - len(written))
+    return flags

@@ -174,11 +174,15 @@ def test_a_failing_batch_stores_none_of_its_runs(db, monkeypatch):
         (lambda r: r.cache_errors.drop(columns=["lag"], inplace=True), "required column 'lag'"),
         (lambda r: r.cache_errors.loc.__setitem__((1, "lag"), 1), "appears more than once"),
         (lambda r: r.steps.__setitem__("step", r.steps["step"] + 0.5), "expected integers"),
+        (lambda r: r.cache_errors.__setitem__("lag", r.cache_errors["lag"] - 1), "lag .* must be >= 1"),
+        (lambda r: r.steps.__setitem__("step", r.steps["step"] - 1), "step .* must be >= 0"),
+        (lambda r: r.sensitivities.__setitem__("step", [None] * 6), "missing"),
         (lambda r: setattr(r, "run", {**r.run, "split": "train"}), "runs.split"),
         (lambda r: setattr(r, "run", {k: v for k, v in r.run.items() if k != "prompt"}), "prompt"),
         (lambda r: setattr(r, "run", {**r.run, "promt": "typo"}), "unknown field"),
     ],
-    ids=["unknown-column", "missing-lag", "duplicate-key", "fractional-step", "bad-split", "no-prompt", "typo-field"],
+    ids=["unknown-column", "missing-lag", "duplicate-key", "fractional-step", "lag-zero", "negative-step",
+         "null-step", "bad-split", "no-prompt", "typo-field"],
 )
 def test_bad_rows_are_refused_before_writing(db, mutate, message):
     record = synthetic_run(0)
