@@ -111,6 +111,16 @@ def _hash_column(h: "hashlib._Hash", column: pa.ChunkedArray) -> None:
     h.update(np.ascontiguousarray(filled.to_numpy(zero_copy_only=False)).tobytes())
 
 
+def _digest_select(name: str, columns: list[str]) -> sa.Select:
+    # Blobs (latents) are hashed inside DuckDB, so the digest never holds them all in memory.
+    table = TABLES[name]
+    exprs = [
+        sa.func.sha256(table.c[c]).label(c) if isinstance(table.c[c].type, sa.LargeBinary) else table.c[c]
+        for c in columns
+    ]
+    return sa.select(*exprs).order_by(*(table.c[k] for k in KEY_COLUMNS[name]))
+
+
 def content_digest(engine: sa.Engine) -> str:
     """SHA-256 over every stored row, table by table in key order, wall-clock columns left out.
 
@@ -125,7 +135,7 @@ def content_digest(engine: sa.Engine) -> str:
         for name in RUN_TABLES:
             excluded = DIGEST_EXCLUDED_COLUMNS.get(name, ())
             columns = [c.name for c in TABLES[name].columns if c.name not in excluded]
-            table = _fetch(raw, engine, _select(name, columns), None)
+            table = _fetch(raw, engine, _digest_select(name, columns), None)
             h.update(f"{name}:{','.join(columns)}:{table.num_rows}".encode())
             for column in columns:
                 _hash_column(h, table[column])

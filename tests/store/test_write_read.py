@@ -212,3 +212,24 @@ def test_digest_does_not_depend_on_write_order(tmp_path):
                 write(db, synthetic_run(i, latent_shape=(4,)))
             digests.append(db.content_digest())
     assert digests[0] == digests[1]
+
+
+def test_digest_covers_latent_bytes(tmp_path):
+    digests = []
+    for name, bump in [("a", 0.0), ("b", 0.5)]:
+        with CalibrationStore(tmp_path / f"{name}.duckdb", model_fingerprint=FP) as db:
+            record = synthetic_run(0, latent_shape=(3,))
+            record.latents[2] = record.latents[2] + bump
+            write(db, record)
+            digests.append(db.content_digest())
+    assert digests[0] != digests[1]
+
+
+def test_latents_accept_arrays_by_step_and_pairs(db):
+    run = synthetic_run(0).run
+    db.write_run(run, None, None, None, latents=[np.zeros(2), np.ones(2)])
+    db.write_run({**run, "seed": 5}, None, None, None, latents=[(3, np.full((1, 2), 2.0))])
+    by_seed = dict(zip(db.runs()["seed"], db.runs()["run_id"]))
+    assert {s: a.tolist() for s, a in db.latents(by_seed[0]).items()} == {0: [0.0, 0.0], 1: [1.0, 1.0]}
+    assert {s: a.tolist() for s, a in db.latents(by_seed[5]).items()} == {3: [[2.0, 2.0]]}
+    assert db.latents("no-such-run") == {}
