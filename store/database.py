@@ -52,9 +52,14 @@ def _explain_open_failure(path: Path, exc: Exception) -> InputError:
             "`<db stem>.rank<k>.duckdb`; combine them with `sencache-calibrate store merge`. "
             f"(DuckDB: {text})"
         )
+    if "different configuration" in text:
+        return InputError(
+            f"{path}: already open in this process in another mode (read-only vs read-write); "
+            "close the other CalibrationStore on it first, or open both the same way."
+        )
     return InputError(
         f"{path}: not a readable DuckDB file ({text}). Point --db at a store written by "
-        f"`{_COLLECT.format(path='NEW.duckdb')}`, or delete the file to start a new one."
+        f"`{_COLLECT.format(path='calib.duckdb')}`, or choose a new path for a new store."
     )
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from policies.errors import InputError
 from store import CalibrationStore, make_run_id
 from tests.store.synthetic import FP, expected_cache_error_rows, synthetic_run, write
 
@@ -90,3 +91,28 @@ def test_sigkill_mid_write_keeps_only_whole_runs_and_resume_matches(tmp_path):
         for i in range(upto):
             write(db, _run(i))
         assert db.content_digest() == resumed
+
+
+@pytest.mark.slow
+def test_a_store_held_by_another_process_is_refused_with_the_shard_advice(tmp_path):
+    path = tmp_path / "calib.duckdb"
+    holder = textwrap.dedent(
+        """
+        import sys, time
+        from store import CalibrationStore
+        with CalibrationStore(sys.argv[1]):
+            print("open", flush=True)
+            time.sleep(60)
+        """
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    child = subprocess.Popen([sys.executable, "-c", holder, str(path)], cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "open"
+        with pytest.raises(InputError, match="open for writing in another process") as info:
+            CalibrationStore(path, read_only=True)
+        assert "store merge" in str(info.value) and "rank" in str(info.value)
+    finally:
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait()
+        child.stdout.close()

@@ -130,3 +130,12 @@ def test_read_only_store_refuses_writes_but_reads(tmp_path):
         assert len(db.runs()) == 1
         with pytest.raises(InputError, match="read-only"):
             write(db, synthetic_run(1))
+
+
+def test_store_open_read_write_cannot_be_reopened_read_only_in_process(tmp_path):
+    path = tmp_path / "calib.duckdb"
+    with CalibrationStore(path):
+        with pytest.raises(InputError, match="another mode"):
+            CalibrationStore(path, read_only=True)
+    with CalibrationStore(path, read_only=True) as db:  # fine once the writer closed
+        assert db.table_counts()["runs"] == 0
