@@ -9,6 +9,7 @@ temporary file that is renamed into place only when complete.
 
 from __future__ import annotations
 
+import glob
 import logging
 import os
 import re
@@ -42,7 +43,7 @@ def find_shards(db_path: str | Path) -> list[Path]:
     db_path = Path(db_path)
     pattern = re.compile(re.escape(db_path.stem) + r"\.rank(\d+)" + re.escape(db_path.suffix or ".duckdb") + "$")
     found = []
-    for candidate in db_path.parent.glob(f"{db_path.stem}.rank*"):
+    for candidate in db_path.parent.glob(f"{glob.escape(db_path.stem)}.rank*"):
         match = pattern.match(candidate.name)
         if match:
             found.append((int(match.group(1)), candidate))

@@ -100,10 +100,12 @@ def _hash_column(h: "hashlib._Hash", column: pa.ChunkedArray) -> None:
     h.update(np.asarray(array.is_null().to_numpy(zero_copy_only=False)).tobytes())
     kind = array.type
     if any(test(kind) for test in (pa.types.is_string, pa.types.is_large_string, pa.types.is_binary, pa.types.is_large_binary)):
-        for value in pc.cast(array, pa.large_binary()).to_pylist():
-            value = value or b""
-            h.update(len(value).to_bytes(8, "little"))
-            h.update(value)
+        binary = pc.cast(array, pa.large_binary()).fill_null(b"")
+        _, offsets_buffer, data_buffer = binary.buffers()
+        offsets = np.frombuffer(offsets_buffer, dtype=np.int64)[binary.offset : binary.offset + len(binary) + 1]
+        h.update((offsets - offsets[0]).tobytes())  # the lengths, so ["ab", "c"] != ["a", "bc"]
+        if data_buffer is not None:
+            h.update(memoryview(data_buffer)[offsets[0] : offsets[-1]])
         return
     if pa.types.is_timestamp(kind):
         array = array.cast(pa.int64())

@@ -233,3 +233,21 @@ def test_latents_accept_arrays_by_step_and_pairs(db):
     assert {s: a.tolist() for s, a in db.latents(by_seed[0]).items()} == {0: [0.0, 0.0], 1: [1.0, 1.0]}
     assert {s: a.tolist() for s, a in db.latents(by_seed[5]).items()} == {3: [[2.0, 2.0]]}
     assert db.latents("no-such-run") == {}
+
+
+def test_column_hash_ignores_chunking_and_slicing_but_not_boundaries():
+    import hashlib
+
+    import pyarrow as pa
+
+    from store.queries import _hash_column
+
+    def digest(*chunks):
+        h = hashlib.sha256()
+        _hash_column(h, pa.chunked_array(list(chunks)))
+        return h.hexdigest()
+
+    assert digest(pa.array(["ab", "c", None])) == digest(pa.array(["ab"]), pa.array(["c", None]))
+    assert digest(pa.array(["x", "ab", "c"]).slice(1)) == digest(pa.array(["ab", "c"]))
+    assert digest(pa.array(["ab", "c"])) != digest(pa.array(["a", "bc"]))  # lengths are hashed
+    assert digest(pa.array([1.0, None])) != digest(pa.array([1.0, 0.0]))  # so is the null mask
