@@ -92,6 +92,8 @@ class CalibrationStore:
                 f"`{_COLLECT.format(path=self.path)}` (or combine shards with "
                 f"`sencache-calibrate store merge SHARDS --out {self.path}`)."
             )
+        if not existed:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
         url = sa.engine.URL.create("duckdb", database=str(self.path))
         self._engine = sa.create_engine(url, connect_args={"read_only": read_only}, poolclass=sa.pool.StaticPool)
         try:

@@ -24,6 +24,11 @@ def test_new_store_has_every_table_and_meta(tmp_path):
     assert names == set(TABLES)
 
 
+def test_a_new_store_creates_its_folder(tmp_path):
+    with CalibrationStore(tmp_path / "runs" / "toy" / "calib.duckdb") as db:
+        assert db.path.exists()
+
+
 def test_float_columns_are_double_not_float32(tmp_path):
     path = tmp_path / "calib.duckdb"
     CalibrationStore(path).close()
