@@ -6,9 +6,9 @@ person can see whether a decoded video matches its prompt. A prompt names four f
     "a red circle moving left on a blue background"
        ^object colour  ^direction  ^background colour  (and ^shape)
 
-4 object colours x 3 other background colours x 4 directions x 2 shapes = 96 combinations; one
-in eight is held out of training (`heldout_prompts`) so fidelity is measured on combinations the
-models never saw, though every pair of factors in them was seen.
+4 object colours x 3 other background colours x 4 directions x 2 shapes = 96 combinations; 10
+are held out of training (`heldout_prompts`) so fidelity is measured on combinations the models
+never saw: each differs from a training prompt only by its shape.
 
 Clips are float32 arrays [frames=9, 32, 32, 3] in [0, 1]; the object is 12 px across and moves
 2 px per frame (16 px over the clip); the seed jitters its start position.
@@ -109,8 +109,8 @@ def _combinations() -> list[tuple[int, int, int, int, PromptSpec]]:
 
 
 def _is_heldout(ci: int, si: int, di: int, bi: int) -> bool:
-    # One in eight, spread so every object colour, background, direction and shape stays in
-    # training, and each held-out combination differs from a training one only by its shape.
+    # Spread so every object colour, background, direction and shape stays in training, and
+    # each held-out combination differs from a training one only by its shape (10 of 96).
     return (ci + 2 * si + di + 3 * bi) % 8 == 0
 
 

@@ -21,7 +21,7 @@ __all__ = ["GRID_PROMPTS", "block_stack_share", "zoo_grid"]
 #: Four held-out prompts, then four training prompts: every colour, both shapes, all directions.
 GRID_PROMPTS = data.heldout_prompts()[:4] + [
     "a yellow circle moving right on a red background",
-    "a blue square moving down on a yellow background",
+    "a blue circle moving left on a yellow background",
     "a green circle moving up on a red background",
     "a red square moving left on a green background",
 ]

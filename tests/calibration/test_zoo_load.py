@@ -51,3 +51,17 @@ def test_zoo_is_small():
         pytest.skip("no toy trained yet: run `sencache-calibrate zoo train toy-wan`")
     total = sum(f.stat().st_size for folder in folders for f in folder.rglob("*") if f.is_file())
     assert total <= 30 * 2**20, f"zoo is {total / 2**20:.1f} MB; the budget is 30 MB for all three"
+
+
+def test_cli_zoo_refuses_an_unknown_toy_with_exit_2(capsys):
+    import cli
+
+    assert cli.main(["zoo", "train", "toy-nope", "--minutes", "0.01"]) == 2
+    assert "toy-wan" in capsys.readouterr().err  # the message lists the zoo
+
+
+def test_cli_zoo_without_an_action_says_which_to_use(capsys):
+    import cli
+
+    assert cli.main(["zoo"]) == 2
+    assert "zoo check" in capsys.readouterr().err
