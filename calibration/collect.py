@@ -203,7 +203,7 @@ def _validate(steps: int, k_max: int, estimator: str, holdout_fraction: float, s
 
 
 def collect(
-    model: str,
+    model: str | Any,
     prompts: Sequence[str] | None = None,
     seeds: int | Sequence[int] = 4,
     steps: int = 30,
@@ -218,7 +218,8 @@ def collect(
     """Record full-compute runs of `model` over `prompts` × `seeds` into the store at `db`.
 
     Args:
-        model: `--model` (zoo name, tiny fixture, pipeline folder, Hub id).
+        model: `--model` (zoo name, tiny fixture, pipeline folder, Hub id), or a `LoadedModel`
+            already in memory (its name gives the default prompts).
         prompts: the prompts; None takes the zoo's (training and held-out) for zoo models.
         seeds: a count n (seeds 0..n−1) or the seeds themselves.
         k_max (`int`, defaults to 4): largest lag of the measured caching errors (one cheap
@@ -234,9 +235,10 @@ def collect(
     from store import CalibrationStore, shard_path
 
     started = time.perf_counter()
+    name = model if isinstance(model, str) else model.name
     seed_list = list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
     _validate(steps, k_max, estimator, holdout_fraction, seed_list)
-    prompt_list = list(prompts) if prompts is not None else default_prompts(model)
+    prompt_list = list(prompts) if prompts is not None else default_prompts(name)
     if not prompt_list:
         raise InputError("no prompts given")
     if estimator == "reference":
@@ -247,7 +249,7 @@ def collect(
     rank, world = _distributed()
     path = shard_path(db, rank) if world > 1 else Path(db)
 
-    loaded = load_model(model)
+    loaded = load_model(model) if isinstance(model, str) else model
     pipe = loaded.pipe
     fingerprint = _fingerprint(pipe.transformer)
     call = loaded.call_kwargs(num_inference_steps=steps)

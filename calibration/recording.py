@@ -162,8 +162,9 @@ class _Recorder:
         return torch.arange(batch // 2, batch)  # diffusers batches [uncond; cond]
 
     def _forward(self, fn: Any, named: dict[str, Any], context: str, x: torch.Tensor, t: Any,
-                 bypass: tuple[torch.Tensor, ...] | None = None) -> torch.Tensor:
-        """One extra forward at (x, t) on the recorded rows; blocks bypassed with `bypass` if given."""
+                 bypass: tuple[torch.Tensor, ...] | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """One extra forward at (x, t); rows outside `mask` (default: all, when `bypass` is given)
+        take `input + bypass` instead of running the blocks."""
         saved = self.hooks.residual(context)
         call = dict(named)
         call[self.adapter.latent_arg] = x.to(named[self.adapter.latent_arg].dtype)
@@ -173,11 +174,38 @@ class _Recorder:
         try:
             if bypass is not None:
                 self.hooks.set_residual(context, bypass)
-                self.mask = torch.zeros(x.shape[0], dtype=torch.bool)
+                self.mask = mask if mask is not None else torch.zeros(x.shape[0], dtype=torch.bool)
             return _output(fn(**call)).float()
         finally:
             self.mask = None
             self.hooks.set_residual(context, saved)
+
+    def _extras(self, fn: Any, named: dict[str, Any], context: str, x: torch.Tensor, t: Any, g_t: Any,
+                residuals: list[tuple[torch.Tensor, ...]]) -> tuple[torch.Tensor | None, list[torch.Tensor]]:
+        """g = f(x, g_t) with the blocks computed (if `g_t`), and f(x, t) with the blocks bypassed
+        by each of `residuals`, as one forward whose rows are [g; bypass_1; ...; bypass_L]: the
+        head hook runs the blocks on the g rows only (a sub-batch) and gives the others input + R."""
+        rows = x.shape[0]
+        parts = (1 if g_t is not None else 0) + len(residuals)
+        if parts == 0:
+            return None, []
+        batched = isinstance(t, torch.Tensor) and t.ndim >= 1 and t.shape[0] == rows
+        if not batched or parts == 1:  # a scalar timestep cannot differ per row: one forward each
+            g = self._forward(fn, named, context, x, g_t) if g_t is not None else None
+            return g, [self._forward(fn, named, context, x, t, bypass=r) for r in residuals]
+        call = {k: torch.cat([v] * parts) if isinstance(v, torch.Tensor) and v.ndim and v.shape[0] == rows else v
+                for k, v in named.items()}
+        times = ([g_t] if g_t is not None else []) + [t] * len(residuals)
+        stacked = tuple(
+            torch.cat(([torch.zeros_like(residuals[0][s])] if g_t is not None else []) + [r[s] for r in residuals])
+            for s in range(len(residuals[0]))
+        ) if residuals else None
+        mask = torch.zeros(rows * parts, dtype=torch.bool)
+        if g_t is not None:
+            mask[:rows] = True
+        out = self._forward(fn, call, context, torch.cat([x] * parts), torch.cat(times), bypass=stacked, mask=mask)
+        chunks = list(out.split(rows))
+        return (chunks.pop(0) if g_t is not None else None), chunks
 
     # --- the model hook's work ----------------------------------------------------------------
     def forward(self, module: torch.nn.Module, fn: Any, state_context: Any, args: tuple, kwargs: dict) -> Any:
@@ -248,19 +276,17 @@ class _Recorder:
             if self.keep_latents:
                 self._latent(step, b, x[b])
 
-        # measured caching errors: reuse R_i (i = step − k) at this step, and reuse f_i
-        for seen in self.window:
-            lag = step - seen.step
-            if not 1 <= lag <= self.k_max:
-                continue
-            bypassed = self._forward(fn, sub, context, x, t_sub, bypass=seen.residual)
-            res_err, out_err, dx = rms_diff(f, bypassed), rms_diff(f, seen.f), rms_diff(x, seen.x)
+        # measured caching errors: reuse R_i (i = step − k) at this step, and reuse f_i; and
+        # g = f(x_i, t_{i+1}) for the trajectory estimator: all in one batched forward
+        reused = [seen for seen in self.window if 1 <= step - seen.step <= self.k_max]
+        g_t = _at_timestep(t_sub, t_next) if t_next is not None and self.estimator == "trajectory" else None
+        g, bypassed = self._extras(fn, sub, context, x, t_sub, g_t, [seen.residual for seen in reused])
+        for seen, out_k in zip(reused, bypassed):
+            res_err, out_err, dx = rms_diff(f, out_k), rms_diff(f, seen.f), rms_diff(x, seen.x)
             for b in range(rows):
-                self._emit("cache_errors", seen.step, b, lag=lag, dx=float(dx[b]), dt=abs(t - seen.t),
+                self._emit("cache_errors", seen.step, b, lag=step - seen.step, dx=float(dx[b]), dt=abs(t - seen.t),
                            residual_error=float(res_err[b]), output_error=float(out_err[b]))
-
-        if t_next is not None and self.estimator == "trajectory":
-            self.pending_g = self._forward(fn, sub, context, x, _at_timestep(t_sub, t_next))
+        self.pending_g = g
         if t_next is not None and self.estimator == "reference":
             self._reference(fn, sub, context, step, t_sub, t, t_next)
         self.window.append(_Seen(step, t, x, f, residual))
