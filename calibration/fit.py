@@ -158,31 +158,79 @@ class _Objectives:
 # --- the fit --------------------------------------------------------------------------------
 
 
-def _choose_points(front: list[optuna.trial.FrozenTrial], space: SearchSpace,
-                   targets: dict[str, float]) -> list[tuple[str, float, optuna.trial.FrozenTrial]]:
+def _scaled(point: OperatingPoint, log_m: float, name: str) -> OperatingPoint:
+    values = tuple(float(v) * math.exp(log_m) for v in point.eps.values)
+    return OperatingPoint(name, EpsSchedule(point.eps.positions, values), point.max_skips,
+                          point.warmup_steps, point.final_steps)
+
+
+def _refine(objective: Objective, predictor: Predictor, point: OperatingPoint, nfe: float, error: float,
+            target: float, evals: int) -> tuple[OperatingPoint, float, float]:
+    """Scale the whole ε curve (bisection on log m) so the point computes close to `target`.
+
+    The search's Pareto trials land where they land; a shape that is good at 0.44 is usually good
+    at 0.5 with a lower level. Keeps the best evaluation with NFE <= target + tolerance (the
+    one computing the most steps: error falls as NFE rises); returns (point, calib NFE, error).
+    """
+    best = (point, nfe, error) if nfe <= target + NFE_TOLERANCE else None
+    if abs(nfe - target) <= NFE_TOLERANCE:
+        return best  # type: ignore[return-value]
+    lo, hi = (0.0, 8.0) if nfe > target else (-8.0, 0.0)  # more skipping as m grows
+    for _ in range(evals):
+        mid = 0.5 * (lo + hi)
+        candidate = _scaled(point, mid, point.name)
+        result = objective.evaluate(predictor, candidate)
+        if result.nfe_fraction <= target + NFE_TOLERANCE:
+            if best is None or (result.nfe_fraction, -result.error) > (best[1], -best[2]):
+                best = (candidate, result.nfe_fraction, result.error)
+            hi = mid  # computes few enough: try less skipping
+        else:
+            lo = mid
+        if best is not None and abs(best[1] - target) <= NFE_TOLERANCE:
+            break
+    return best if best is not None else (point, nfe, error)
+
+
+def _choose_points(front: list[optuna.trial.FrozenTrial], space: SearchSpace, targets: dict[str, float],
+                   objective: Objective, predictor: Predictor, refine_evals: int) -> list[dict[str, Any]]:
+    """Per target: the best front trial at or below it, and the nearest above it, each scaled to the
+    target (`_refine`); the lower calib error wins."""
     chosen = []
     for name, target in targets.items():
-        fits = [t for t in front if t.values[1] <= target + NFE_TOLERANCE]
-        if fits:
-            best = min(fits, key=lambda t: (t.values[0], t.values[1]))
-        else:
-            best = min(front, key=lambda t: (t.values[1], t.values[0]))
-            logger.warning("no Pareto point computes <= %.2f of the steps; %r takes the fastest (%.2f)",
-                           target, name, best.values[1])
-        chosen.append((name, target, best))
+        below = [t for t in front if t.values[1] <= target + NFE_TOLERANCE]
+        above = [t for t in front if t.values[1] > target + NFE_TOLERANCE]
+        seeds = []
+        if below:
+            seeds.append(min(below, key=lambda t: (t.values[0], t.values[1])))
+        if above:
+            seeds.append(min(above, key=lambda t: t.values[1]))
+        options = []
+        for trial in seeds:
+            point = point_from_params(trial.params, space, name)
+            refined, nfe, err = _refine(objective, predictor, point, trial.values[1], trial.values[0], target, refine_evals)
+            options.append((nfe > target + NFE_TOLERANCE, err, -nfe, trial.number, refined, nfe))
+        over, err, _, number, point, nfe = min(options, key=lambda o: o[:4])
+        if over:
+            logger.warning("no point computes <= %.2f of the steps; %r computes %.2f", target, name, nfe)
+        chosen.append({"name": name, "target": target, "trial": number, "point": point,
+                       "calib": {"error": err, "nfe_fraction": nfe}})
     return chosen
 
 
-def _rescaled_paper(pairs: Any, predictor: Predictor) -> OperatingPoint:
-    """The paper's two-level shape and K, with ε carried into the fitted score's units.
-
-    Ratio of medians of the fitted and the paper score over the lag-1 calibration pairs.
-    """
+def _paper_ratio(pairs: Any, predictor: Predictor) -> float:
+    """Fitted score over paper score (a = b = 1, c = 0): ratio of medians on the lag-1 calib pairs."""
     lag1 = pairs[(pairs["lag"] == 1) & (pairs["split"] == "calib")]
-    fitted = predictor.a * lag1["u"] + predictor.b * lag1["v"] + predictor.c
-    paper = lag1["u"] + lag1["v"]
-    ratio = float(np.nanmedian(fitted) / np.nanmedian(paper)) if len(lag1) and np.nanmedian(paper) > 0 else 1.0
-    return paper_point(scale=ratio if math.isfinite(ratio) and ratio > 0 else 1.0)
+    if lag1.empty:
+        return 1.0
+    fitted = float(np.nanmedian(predictor.a * lag1["u"] + predictor.b * lag1["v"] + predictor.c))
+    paper = float(np.nanmedian(lag1["u"] + lag1["v"]))
+    ratio = fitted / paper if paper > 0 else 1.0
+    return ratio if math.isfinite(ratio) and ratio > 0 else 1.0
+
+
+def _rescaled_paper(pairs: Any, predictor: Predictor) -> OperatingPoint:
+    """The paper's two-level shape and K, with ε carried into the fitted score's units."""
+    return paper_point(scale=_paper_ratio(pairs, predictor))
 
 
 def _measure(objective: Objective | None, predictor: Predictor, point: OperatingPoint) -> dict[str, Any] | None:
@@ -200,6 +248,7 @@ def fit(
     show_progress: bool = True,
     targets: dict[str, float] | None = None,
     plot: bool = True,
+    refine_evals: int = 4,
 ) -> dict[str, Any]:
     """Fit a policy's predictor and operating points from the store at `db`; returns the result.
 
@@ -212,6 +261,7 @@ def fit(
         storage: Optuna storage URL, or a journal file path; default ``<store>.optuna.log``.
         knots: ε knots over p ∈ [0, 1], 8–16.
         model: the model to re-run (default: the store's model name).
+        refine_evals: evaluations per candidate when scaling a Pareto point's ε to its target NFE.
     """
     if isinstance(trials, bool) or not isinstance(trials, int) or trials < 1:
         raise InputError(f"--trials must be a positive integer, got {trials!r}; e.g. `sencache-calibrate fit --db {db} --trials 60`")
@@ -239,23 +289,24 @@ def fit(
 
     objectives = _Objectives(kind, data, table, model)
     calib_obj = objectives.for_split("calib")
-    study_name = f"sencache-fit-{kind}-k{knots}-s{seed}"
+    # The store's digest in the name: the same store resumes its study, a changed one starts afresh.
+    study_name = f"sencache-fit-{kind}-k{knots}-s{seed}-{(data.digest or 'nodigest')[:12]}"
     study = open_study(_storage(storage, data.path), seed, study_name)
-    run_search(study, calib_obj, predictor, space, trials, warm_starts(space, typical, knot_gain), show_progress)
+    paper_ratio = _paper_ratio(pairs, predictor)
+    starts = warm_starts(space, typical, knot_gain, paper_levels=(0.1 * paper_ratio, 0.2 * paper_ratio))
+    run_search(study, calib_obj, predictor, space, trials, starts, show_progress)
 
     front = pareto_front(study)
-    chosen = _choose_points(front, space, targets)
+    chosen = _choose_points(front, space, targets, calib_obj, predictor, refine_evals)
     holdout_obj = objectives.for_split("holdout")
     validation = "holdout" if holdout_obj is not None else "calib (no holdout runs in the store)"
     check_obj = holdout_obj or calib_obj
     points = []
-    for name, target, trial in chosen:
-        point = point_from_params(trial.params, space, name)
-        measured = check_obj.evaluate(predictor, point)
-        points.append({**point.to_dict(), "expected_nfe_fraction": max(measured.nfe_fraction, 1e-6),
-                       "expected_error": measured.error, "target_nfe_fraction": target, "trial": trial.number,
-                       "calib": {"error": trial.values[0], "nfe_fraction": trial.values[1]},
-                       "validation": measured.to_dict()})
+    for c in chosen:
+        measured = check_obj.evaluate(predictor, c["point"])
+        points.append({**c["point"].to_dict(), "expected_nfe_fraction": max(measured.nfe_fraction, 1e-6),
+                       "expected_error": measured.error, "target_nfe_fraction": c["target"], "trial": c["trial"],
+                       "calib": c["calib"], "validation": measured.to_dict()})
     paper_in_units = _rescaled_paper(pairs, predictor)
     measured = check_obj.evaluate(predictor, paper_in_units)
     points.append({**paper_in_units.to_dict(), "expected_nfe_fraction": max(measured.nfe_fraction, 1e-6),

@@ -248,6 +248,9 @@ class RerunObjective:
         policy = self.policy_for(predictor, point)
         errors: list[float] = []
         nfes: list[float] = []
+        runtime_log = logging.getLogger("sencache")
+        level = runtime_log.level
+        runtime_log.setLevel(max(level, logging.WARNING))  # a summary per trial call is noise here
         handle = sencache.apply(self.pipe, policy)
         try:
             for batch, reference in zip(self._batches, self._reference):
@@ -258,4 +261,5 @@ class RerunObjective:
                 nfes.extend(np.broadcast_to(nfe, (len(batch),)).tolist() if np.size(nfe) != len(batch) else nfe.tolist())
         finally:
             sencache.remove(self.pipe)
+            runtime_log.setLevel(level)
         return Evaluation(float(np.mean(errors)), float(np.mean(nfes)), errors, nfes)

@@ -118,11 +118,13 @@ def _clip(x: float, space: SearchSpace) -> float:
     return float(min(max(x, space.log_lo), space.log_hi))
 
 
-def warm_starts(space: SearchSpace, typical_score: float, gain: np.ndarray | None) -> list[dict[str, Any]]:
+def warm_starts(space: SearchSpace, typical_score: float, gain: np.ndarray | None,
+                paper_levels: tuple[float, float] | None = None) -> list[dict[str, Any]]:
     """Enqueued first trials, most informative first (a small budget takes them in order).
 
     `gain`: the propagation gain G at the knot positions (None when not measured: a late-loose
-    ramp stands in for 1/G). `typical_score`: the median fitted score at lag 1.
+    ramp stands in for 1/G). `typical_score`: the median fitted score at lag 1. `paper_levels`:
+    the paper's two ε levels in the fitted score's units (strict for p <= 0.2, loose after).
     """
     pos = space.positions
     if gain is not None and np.all(np.isfinite(gain)) and np.all(gain > 0):
@@ -152,6 +154,9 @@ def warm_starts(space: SearchSpace, typical_score: float, gain: np.ndarray | Non
     add(top, 3, w, 1)
     for level in (0.5, -0.5, 1.5):
         add(base + level + shape, 2, w, 1)
+    if paper_levels is not None:  # the paper's two-level shape, K = 3
+        early, late = (math.log(max(v, 1e-300)) for v in paper_levels)
+        add(np.where(pos <= 0.2, early, late), 3, 0, 0)
     # A flat ε (the design's losing baseline: kept so the front shows it).
     add(np.full(space.knots, base), 3, 0, 0)
     return out

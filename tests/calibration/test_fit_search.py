@@ -125,3 +125,17 @@ def test_fit_result_has_points_references_and_a_plot(synth, tmp_path):
     assert result["references"]["paper"]["point"] == paper_point().to_dict()
     assert json.loads(fit_result_path(synth).read_text())["format"] == "sencache-fit"
     assert fit_result_path(synth).with_suffix(".png").stat().st_size > 1000
+
+
+def test_refine_scales_a_point_to_its_target(synth):
+    # A flat ε far below every score computes every step (NFE 1); scaling the curve up by
+    # bisection on log m must bring it to at most 0.5 + tolerance, as close to 0.5 as found.
+    from calibration.fit import NFE_TOLERANCE, _refine
+
+    objective = _replay(synth)
+    point = OperatingPoint("p", EpsSchedule.constant(1e-4), max_skips=2)
+    start = objective.evaluate(Predictor(), point)
+    assert start.nfe_fraction == 1.0
+    refined, nfe, err = _refine(objective, Predictor(), point, start.nfe_fraction, start.error, 0.5, evals=8)
+    assert 0.5 - 0.1 <= nfe <= 0.5 + NFE_TOLERANCE
+    assert objective.evaluate(Predictor(), refined).nfe_fraction == pytest.approx(nfe)
