@@ -50,6 +50,9 @@ def test_one_steps_row_per_step_per_sample(tiny):
     assert len(steps) == STEPS * 2
     assert sorted(steps.groupby("sample").size().tolist()) == [STEPS, STEPS]
     assert steps["dx_norm"].notna().all()  # the last one from rec.finish(final latents)
+    peers = ["teacache_signal", "first_block_change", "mag_ratio"]
+    assert steps.loc[steps["step"] > 0, peers].notna().all().all()  # a change needs a previous step
+    assert steps.loc[steps["step"] == 0, peers].isna().all().all()
     sens = sink.frame("sensitivities")
     assert len(sens) == (STEPS - 1) * 2  # no t_{N} after the last step
     errors = sink.frame("cache_errors")
