@@ -1,0 +1,73 @@
+"""`sencache`: the fitted policy file (`--policy`), swept over its operating points.
+
+The knob is an operating point's name, optionally with a scale on its ε curve:
+`"balanced"` runs that point as fitted, `"balanced*2"` doubles every ε knot (faster, less
+faithful), so a policy with one point still gives a curve. A scaled point's
+`expected_nfe_fraction` is dropped: it no longer holds.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+import sencache
+from calibration.baselines._common import BaselineHandle, transformer_of
+from policies import Policy, PolicyError, config_fingerprint
+
+__all__ = ["apply_sencache", "parse_knob", "policy_knobs", "scaled_policy"]
+
+#: ε scales added to the default operating point so the sweep spans more than the fitted points
+DEFAULT_SCALES = (0.5, 2.0, 4.0)
+
+
+def parse_knob(knob: str) -> tuple[str, float]:
+    """`"name"` -> (name, 1.0); `"name*2"` -> (name, 2.0)."""
+    name, _, scale = str(knob).partition("*")
+    try:
+        value = float(scale) if scale else 1.0
+    except ValueError:
+        raise PolicyError(f"sencache knob {knob!r}: expected <operating point>[*<eps scale>], e.g. 'fast*2'") from None
+    if not np.isfinite(value) or value <= 0:
+        raise PolicyError(f"sencache knob {knob!r}: the ε scale must be a finite number > 0")
+    return name, value
+
+
+def policy_knobs(policy: Policy, scales: tuple[float, ...] = DEFAULT_SCALES) -> list[str]:
+    """Every operating point as fitted, then the default point with its ε scaled by `scales`."""
+    default = policy.operating_point().name
+    return list(policy.operating_point_names) + [f"{default}*{s:g}" for s in scales]
+
+
+def scaled_policy(policy: Policy, name: str, scale: float) -> Policy:
+    """A copy of `policy` whose operating point `name` has every ε knot multiplied by `scale`."""
+    policy.operating_point(name)  # refuses an unknown name with the list of known ones
+    if scale == 1.0:
+        return policy
+    data = policy.to_dict()
+    for point in data["operating_points"]:
+        if point["name"] == name:
+            point["eps"]["values"] = [float(v) * scale for v in point["eps"]["values"]]
+            point["expected_nfe_fraction"] = None
+            point["expected_error"] = None
+    return Policy.from_dict(data, source=f"{policy.source} ({name} with ε x{scale:g})")
+
+
+def apply_sencache(pipe: Any, knob: str, policy: Policy, strict: bool = True) -> BaselineHandle:
+    """Apply `policy` at operating point `knob` (`name` or `name*scale`) with `sencache.apply`."""
+    transformer = transformer_of(pipe)
+    policy.check_model(config_fingerprint(dict(transformer.config)), strict=strict)
+    name, scale = parse_knob(knob)
+    runtime = sencache.apply(pipe, scaled_policy(policy, name, scale), operating_point=name, strict=strict)
+
+    def mask() -> np.ndarray | None:
+        try:
+            return runtime.report().computed
+        except RuntimeError:
+            return None
+
+    return BaselineHandle(
+        "sencache", str(knob), remove=lambda: sencache.remove(pipe), computed_mask=mask,
+        config={"policy": policy.source, "operating_point": name, "eps_scale": scale},
+    )
