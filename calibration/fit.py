@@ -175,7 +175,7 @@ def _refine(objective: Objective, predictor: Predictor, point: OperatingPoint, n
     best = (point, nfe, error) if nfe <= target + NFE_TOLERANCE else None
     if abs(nfe - target) <= NFE_TOLERANCE:
         return best  # type: ignore[return-value]
-    lo, hi = (0.0, 8.0) if nfe > target else (-8.0, 0.0)  # more skipping as m grows
+    lo, hi = (0.0, 12.0) if nfe > target else (-12.0, 0.0)  # more skipping as m grows
     for _ in range(evals):
         mid = 0.5 * (lo + hi)
         candidate = _scaled(point, mid, point.name)
