@@ -46,8 +46,9 @@ def plot_fit(result: dict[str, Any], pairs: pd.DataFrame, study: optuna.Study, o
     right.plot([p["nfe_fraction"] for p in front], [p["error"] for p in front], "-o", ms=3, c="tab:blue",
                label="Pareto front (calib)")
     for p in result["operating_points"]:
+        label = "paper shape, fitted score" if p["name"] == "paper" else p["name"]
         right.scatter(p["expected_nfe_fraction"], p["expected_error"], marker="*", s=120, zorder=5,
-                      label=f"{p['name']} ({result['validation'].split()[0]})")
+                      label=f"{label} ({result['validation'].split()[0]})")
     uni = [v for v in result["references"]["uniform"].values() if v]
     if uni:
         right.plot([u["nfe_fraction"] for u in uni], [u["error"] for u in uni], "s--", c="tab:red", ms=5,
