@@ -170,9 +170,9 @@ def _columns(frame: pd.DataFrame | pa.Table | Mapping[str, Any], name: str) -> t
     """
     if isinstance(frame, pd.DataFrame):
         names = [str(c) for c in frame.columns]
-        if all(isinstance(d, np.dtype) and d.kind in "fiu" for d in frame.dtypes):
-            matrix = np.ascontiguousarray(frame.to_numpy(dtype=np.float64).T)
-            return dict(zip(names, matrix)), len(frame)
+        matrix = frame.to_numpy()  # numeric columns only: a float or int matrix, else object
+        if matrix.dtype.kind in "fiu":
+            return dict(zip(names, np.ascontiguousarray(matrix.T, dtype=np.float64))), len(frame)
         frame = {n: v for n, v in zip(names, (frame.iloc[:, j] for j in range(frame.shape[1])))}
     if isinstance(frame, pa.Table):
         return {n: frame[n] for n in frame.column_names}, frame.num_rows
@@ -214,7 +214,7 @@ def frame_to_arrow(
     for column in table.columns:
         where = f"{name}.{column.name} (run {run_id})"
         if column.name == "run_id":
-            arrays.append(pa.array([run_id] * n, type=pa.string()))
+            arrays.append(pa.repeat(pa.scalar(run_id, pa.string()), n))
         elif column.name in given:
             values = given[column.name]
             if isinstance(values, np.ndarray) and values.dtype == np.float64:
@@ -237,11 +237,21 @@ def frame_to_arrow(
 
 def _refuse_duplicate_keys(name: str, table: pa.Table, run_id: str) -> None:
     keys = [k for k in KEY_COLUMNS[name] if k != "run_id"]
-    seen: set[tuple] = set()
-    for key in zip(*(table[k].to_numpy(zero_copy_only=False).tolist() for k in keys)):
-        if key in seen:
-            raise InputError(f"{name}: key {dict(zip(keys, key))} appears more than once in run {run_id}")
-        seen.add(key)
+    if table.num_rows < 2:
+        return
+    codes = []
+    for key in keys:  # each key column as integers: strings by their dictionary code
+        column = table[key].combine_chunks()
+        if not pa.types.is_integer(column.type):
+            column = pc.dictionary_encode(column).indices
+        codes.append(column.to_numpy(zero_copy_only=False))
+    order = np.lexsort(codes[::-1])
+    ordered = np.stack([c[order] for c in codes])
+    same = (ordered[:, 1:] == ordered[:, :-1]).all(axis=0)
+    if same.any():
+        row = int(order[int(np.argmax(same))])
+        first = {k: table[k][row].as_py() for k in keys}
+        raise InputError(f"{name}: key {first} appears more than once in run {run_id}")
 
 
 def _to_numpy(value: Any) -> np.ndarray:
