@@ -219,6 +219,7 @@ SENSITIVITY = [
         axes[0].set_xlabel("step position p = i / (N − 1)")
         axes[0].set_ylabel("J_x / median over runs")
         axes[0].set_title("Each run's J_x relative to the median table")
+        axes[0].legend(fontsize=8, loc="best")
         for run_id, g in lag1.sort_values("p").groupby("run_id"):
             dashed = g["split"].iloc[0] == "holdout"
             axes[1].plot(g["p"], g["residual_error"], marker="o", ms=3, color=colors[run_id],
@@ -326,14 +327,14 @@ POLICIES = [
 
         if policy_path is not None:
             policy = Policy.load(require(policy_path, "policy", "Export one: `sencache-calibrate export --db calib.duckdb --out policy.json`."))
-        elif Path(result["store"]).exists():
+        else:  # a fit result alone: build its policy from the fitted store (beside the fit result, or where it was)
             from calibration.export import build_policy
             from calibration.fitdata import load_fit_data
 
-            policy = build_policy(result, load_fit_data(result["store"]), source=str(fit_path))
-        else:
-            policy = None
-            print(f"no policy given and the fitted store {result['store']} is gone: no ε curves from a policy file")
+            stores = [p for p in (fit_path.parent / Path(result["store"]).name, Path(result["store"])) if p.exists()]
+            policy = build_policy(result, load_fit_data(stores[0]), source=str(fit_path)) if stores else None
+            if policy is None:
+                print(f"no policy given and the fitted store {result['store']} is gone: no masks")
 
         source = result["operating_points"] if result is not None else [p.to_dict() for p in policy.operating_points]
         points = pd.DataFrame([{k: p.get(k) for k in ("name", "target_nfe_fraction", "expected_nfe_fraction",
