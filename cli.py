@@ -414,9 +414,56 @@ def _add_zoo(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--min-accuracy", type=float, default=0.0, help="fail below this accuracy (default: %(default)s)")
 
 
+# --- bench -------------------------------------------------------------------------------------
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from calibration.bench import run_bench
+
+    run_bench(
+        model=args.model,
+        policy_path=args.policy,
+        out_dir=Path(args.out),
+        methods=args.methods,
+        prompts=args.prompts,
+        seeds=args.seeds,
+        steps=args.steps,
+        overwrite=args.overwrite,
+        progress=not args.quiet,
+    )
+    print(Path(args.out) / "summary.md")
+    return EXIT_OK
+
+
+def _add_bench(sub: argparse._SubParsersAction) -> None:
+    p = _command(
+        sub,
+        "bench",
+        _cmd_bench,
+        """Benchmark SenCache against its peers at matched compute on held-out prompts and seeds.
+
+        Methods: none, uniform, sencache-paper, sencache (needs --policy), teacache, magcache,
+        fbcache, taylorseer, easycache, dbcache; each swept over its knob. Quality (PSNR, SSIM,
+        latent RMSE) is against full compute of the same seed; compute is measured by counting
+        the block stack's real work. Writes bench.json, plots and summary.md to --out.
+
+        Example:
+          sencache-calibrate bench --model toy-wan --policy policies/toy-wan.json --out bench/
+        """,
+    )
+    _add_model_args(p)
+    p.add_argument("--policy", default=None, help="the fitted policy JSON of this model (needed by method sencache)")
+    p.add_argument("--out", default="bench", help="output folder (default: %(default)s)")
+    p.add_argument("--methods", default=None, help="comma-separated methods (default: every one that can run)")
+    p.add_argument("--seeds", type=int, default=2, help="seeds per prompt (default: %(default)s)")
+    p.add_argument("--prompts", default=None, help="file of prompts, one per line (default: 4 zoo held-out prompts)")
+    p.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model's zoo.json)")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder")
+
+
 # --- the parser -------------------------------------------------------------------------------
 
-_ADDERS = [_add_quickstart, _add_generate, _add_fit, _add_export, _add_collect, _add_store, _add_zoo]
+_ADDERS = [_add_quickstart, _add_generate, _add_fit, _add_export, _add_collect, _add_store, _add_zoo, _add_bench]
 
 
 def build_parser() -> argparse.ArgumentParser:

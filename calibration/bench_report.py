@@ -1,0 +1,380 @@
+"""Scoring, matched comparison, plots and the Markdown summary of a bench run.
+
+Quality metrics (no new dependency): PSNR and SSIM on decoded frames in [0, 1], RMSE on final
+latents. SSIM is the usual Gaussian-window form (11 x 11, σ = 1.5, K1 = 0.01, K2 = 0.03; Wang et
+al. 2004) per channel and frame, 'valid' windows only; the window shrinks for frames smaller
+than 11 px. Identical outputs give PSNR = `PSNR_CAP` (JSON has no infinity).
+
+Matched comparison: each method's quality-vs-NFE curve (one point per knob) is linearly
+interpolated at each target fraction; a method whose sweep does not span the fraction is
+"not reached" there. The spread is the standard deviation over (prompt, seed) samples of each
+sample's own curve interpolated at the same fraction.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "PSNR_CAP",
+    "fidelity_scorer",
+    "latent_rmse",
+    "matched",
+    "progress_bar",
+    "psnr",
+    "score_row",
+    "ssim",
+    "summary_markdown",
+    "write_plots",
+]
+
+logger = logging.getLogger(__name__)
+
+PSNR_CAP = 100.0
+_METRICS = ("psnr", "ssim", "latent_rmse")
+
+def psnr(video: np.ndarray, reference: np.ndarray, data_range: float = 1.0) -> float:
+    """Peak signal-to-noise ratio in dB over every pixel of every frame (capped at `PSNR_CAP`)."""
+    mse = float(np.mean((np.asarray(video, np.float64) - np.asarray(reference, np.float64)) ** 2))
+    if mse <= 0.0:
+        return PSNR_CAP
+    return float(min(PSNR_CAP, 10.0 * np.log10(data_range**2 / mse)))
+
+
+def _window(size: int, sigma: float) -> torch.Tensor:
+    x = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
+    g = torch.exp(-(x**2) / (2 * sigma**2))
+    g = g / g.sum()
+    return torch.outer(g, g)
+
+
+def ssim(video: np.ndarray, reference: np.ndarray, data_range: float = 1.0, window: int = 11, sigma: float = 1.5) -> float:
+    """Mean SSIM of frames [..., H, W, C] (any leading dims); the window shrinks to fit small frames."""
+    a = torch.as_tensor(np.asarray(video, np.float64))
+    b = torch.as_tensor(np.asarray(reference, np.float64))
+    if a.shape != b.shape:
+        raise ValueError(f"ssim: shapes differ {tuple(a.shape)} vs {tuple(b.shape)}")
+    h, w, c = a.shape[-3:]
+    # [N, C, H, W] with one image per frame and channel
+    a = a.reshape(-1, h, w, c).permute(0, 3, 1, 2).reshape(-1, 1, h, w)
+    b = b.reshape(-1, h, w, c).permute(0, 3, 1, 2).reshape(-1, 1, h, w)
+    size = min(window, h, w)
+    if size % 2 == 0:
+        size -= 1
+    kernel = _window(size, sigma * size / window).view(1, 1, size, size)
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    mu_a, mu_b = F.conv2d(a, kernel), F.conv2d(b, kernel)
+    var_a = F.conv2d(a * a, kernel) - mu_a**2
+    var_b = F.conv2d(b * b, kernel) - mu_b**2
+    cov = F.conv2d(a * b, kernel) - mu_a * mu_b
+    num = (2 * mu_a * mu_b + c1) * (2 * cov + c2)
+    den = (mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2)
+    return float((num / den).mean())
+
+
+def latent_rmse(latent: torch.Tensor | np.ndarray, reference: torch.Tensor | np.ndarray) -> float:
+    """Root mean square difference of two latents (any shape)."""
+    a = torch.as_tensor(latent).double()
+    b = torch.as_tensor(reference).double()
+    return float((a - b).pow(2).mean().sqrt())
+
+
+# --- scoring ------------------------------------------------------------------------------------
+
+
+def fidelity_scorer(prompts: list[str]):
+    """`video, prompt -> share of the prompt's factors read back`, or None when unusable.
+
+    Uses the zoo's read-out (`calibration.zoo.fidelity.score`) when it exists and every prompt
+    is a zoo prompt; otherwise the bench reports no fidelity.
+    """
+    try:
+        from calibration.zoo import data, fidelity
+    except ImportError:
+        return None
+    try:
+        for prompt in prompts:
+            data.parse_prompt(prompt)
+    except ValueError:
+        return None
+
+    def score(video: np.ndarray, prompt: str) -> float:
+        hits = fidelity.score(prompt, video)
+        return float(np.mean([bool(v) for v in hits.values()]))
+
+    return score
+
+
+def _mean(values: list[float | None]) -> float | None:
+    vals = [v for v in values if v is not None]
+    return float(np.mean(vals)) if vals else None
+
+
+def _std(values: list[float | None]) -> float | None:
+    vals = [v for v in values if v is not None]
+    return float(np.std(vals)) if vals else None
+
+
+def score_row(method: str, knob: Any, config: dict[str, Any], samples: list[Any], outputs: list[Any],
+              reference: list[Any], fidelity: Any) -> dict[str, Any]:
+    """One `results` row: means over samples, their spread, and every sample's own numbers."""
+    per_sample = []
+    for sample, out, ref in zip(samples, outputs, reference):
+        entry = {
+            "prompt": sample.prompt,
+            "seed": sample.seed,
+            "nfe_fraction": out.macs / ref.macs if ref.macs > 0 else None,
+            "psnr": psnr(out.frames, ref.frames),
+            "ssim": ssim(out.frames, ref.frames),
+            "latent_rmse": latent_rmse(out.latents, ref.latents),
+            "fidelity": fidelity(out.frames, sample.prompt) if fidelity is not None else None,
+            "wall_s": out.wall_s,
+            "block_calls": out.calls,
+            "step_compute": _step_compute(out.per_call, ref.per_call),
+        }
+        if out.mask is not None:
+            entry["mask"] = out.mask.astype(int).tolist()
+        per_sample.append(entry)
+    wall = float(np.mean([o.wall_s for o in outputs]))
+    wall_ref = float(np.mean([o.wall_s for o in reference]))
+    tr = float(np.mean([o.transformer_s for o in outputs]))
+    tr_ref = float(np.mean([o.transformer_s for o in reference]))
+    row: dict[str, Any] = {
+        "method": method,
+        "knob": knob,
+        "nfe_fraction": _mean([s["nfe_fraction"] for s in per_sample]),
+        "psnr": _mean([s["psnr"] for s in per_sample]),
+        "ssim": _mean([s["ssim"] for s in per_sample]),
+        "latent_rmse": _mean([s["latent_rmse"] for s in per_sample]),
+        "wall_s": wall,
+        "speedup": wall_ref / wall if wall > 0 else None,
+        "transformer_s": tr,
+        "transformer_speedup": tr_ref / tr if tr > 0 else None,
+        "fidelity": _mean([s["fidelity"] for s in per_sample]),
+        "nfe_std": _std([s["nfe_fraction"] for s in per_sample]),
+        "psnr_std": _std([s["psnr"] for s in per_sample]),
+        "ssim_std": _std([s["ssim"] for s in per_sample]),
+        "latent_rmse_std": _std([s["latent_rmse"] for s in per_sample]),
+        "schedule": np.mean([s["step_compute"] for s in per_sample], axis=0).tolist() if per_sample else [],
+        "config": config,
+        "samples": per_sample,
+    }
+    return row
+
+
+def _step_compute(per_call: list[float], ref_per_call: list[float]) -> list[float]:
+    """Share of full compute each transformer call ran (Wan's CFG branches are separate calls)."""
+    n = len(ref_per_call)
+    if n == 0 or len(per_call) != n:
+        return []
+    frac = [c / r if r > 0 else 0.0 for c, r in zip(per_call, ref_per_call)]
+    return [float(v) for v in frac]
+
+
+# --- matched comparison -----------------------------------------------------------------------
+
+
+def _interp(xs: list[float], ys: list[float], at: float) -> float | None:
+    """Linear interpolation of y(x) at `at`; None outside [min x, max x] (equal x: mean y)."""
+    pts: dict[float, list[float]] = {}
+    for x, y in zip(xs, ys):
+        if x is not None and y is not None and np.isfinite(x) and np.isfinite(y):
+            pts.setdefault(round(float(x), 12), []).append(float(y))
+    if not pts:
+        return None
+    x_sorted = sorted(pts)
+    if at < x_sorted[0] - 1e-9 or at > x_sorted[-1] + 1e-9:
+        return None
+    return float(np.interp(at, x_sorted, [float(np.mean(pts[x])) for x in x_sorted]))
+
+
+def matched(rows: list[dict[str, Any]], fractions: tuple[float, ...]) -> dict[str, dict[str, Any]]:
+    """`{"0.5": {method: {psnr, ssim, latent_rmse, spread, ..., reached}}}` for every method but `none`."""
+    by_method: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        if row["method"] != "none":
+            by_method.setdefault(row["method"], []).append(row)
+    out: dict[str, dict[str, Any]] = {}
+    for f in fractions:
+        table: dict[str, Any] = {}
+        for method, mrows in by_method.items():
+            xs = [r["nfe_fraction"] for r in mrows]
+            entry: dict[str, Any] = {"reached": False, "spread": None}
+            for metric in (*_METRICS, "fidelity"):
+                entry[metric] = _interp(xs, [r.get(metric) for r in mrows], f)
+            entry["reached"] = entry["psnr"] is not None
+            if entry["reached"]:
+                n = len(mrows[0]["samples"])
+                for metric in _METRICS:
+                    per = []
+                    for s in range(n):
+                        sx = [r["samples"][s]["nfe_fraction"] for r in mrows]
+                        sy = [r["samples"][s][metric] for r in mrows]
+                        finite = [x for x in sx if x is not None]
+                        if not finite:
+                            continue
+                        clamped = min(max(f, min(finite)), max(finite))  # a sample's own span may be narrower
+                        per.append(_interp(sx, sy, clamped))
+                    key = "spread" if metric == "psnr" else f"spread_{metric}"
+                    entry[key] = _std(per)
+            else:
+                entry["note"] = "not reached: the sweep spans NFE %.2f-%.2f" % (min(xs), max(xs))
+            table[method] = entry
+        out[f"{f:g}"] = table
+    return out
+
+
+def ranking(table: dict[str, Any]) -> list[str]:
+    """Methods that reached a fraction, best PSNR first."""
+    reached = [(m, e["psnr"]) for m, e in table.items() if e.get("reached")]
+    return [m for m, _ in sorted(reached, key=lambda item: -item[1])]
+
+
+# --- progress, plots, summary -----------------------------------------------------------------
+
+
+def progress_bar(total: int, enabled: bool):
+    from tqdm.auto import tqdm
+
+    disable = (not enabled) or bool(os.environ.get("TQDM_DISABLE")) or not sys.stderr.isatty()
+    return tqdm(total=total, disable=disable, unit="video", desc="bench")
+
+
+def _closest(rows: list[dict[str, Any]], method: str, target: float = 0.5) -> dict[str, Any] | None:
+    cands = [r for r in rows if r["method"] == method and r["nfe_fraction"] is not None]
+    return min(cands, key=lambda r: abs(r["nfe_fraction"] - target)) if cands else None
+
+
+def write_plots(result: dict[str, Any], frames: dict[tuple[str, Any], np.ndarray], out_dir: Path) -> list[Path]:
+    """quality_vs_nfe.png, schedules.png, masks.png (SenCache), frames.png; returns the paths written."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = result["results"]
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    written = []
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    for method in methods:
+        mrows = sorted((r for r in rows if r["method"] == method), key=lambda r: r["nfe_fraction"] or 0)
+        xs = [r["nfe_fraction"] for r in mrows]
+        for ax, metric in zip(axes, _METRICS):
+            style = dict(marker="*", markersize=12) if method == "none" else dict(marker="o", linewidth=2.2 if method.startswith("sencache") else 1.2)
+            ax.plot(xs, [r[metric] for r in mrows], label=method, **style)
+    for ax, metric in zip(axes, _METRICS):
+        for f in result["matched"]:
+            ax.axvline(float(f), color="grey", linestyle=":", linewidth=0.8)
+        ax.set_xlabel("NFE fraction (measured block-stack compute)")
+        ax.set_ylabel(metric)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"{result['model']['name']}: quality vs compute against full compute")
+    fig.tight_layout()
+    written.append(out_dir / "quality_vs_nfe.png")
+    fig.savefig(written[-1], dpi=110)
+    plt.close(fig)
+
+    sched_rows = [r for r in (_closest(rows, m) for m in methods) if r is not None and r["schedule"]]
+    if sched_rows:
+        fig, ax = plt.subplots(figsize=(10, 0.45 * len(sched_rows) + 1.2))
+        ax.imshow(np.array([r["schedule"] for r in sched_rows]), aspect="auto", vmin=0, vmax=1, cmap="viridis")
+        ax.set_yticks(range(len(sched_rows)), [f"{r['method']} ({r['knob']}, {r['nfe_fraction']:.2f})" for r in sched_rows])
+        ax.set_xlabel("transformer call (CFG branches called separately count separately)")
+        ax.set_title("share of block-stack compute per call, knob closest to NFE 0.5 (mean over samples)")
+        fig.tight_layout()
+        written.append(out_dir / "schedules.png")
+        fig.savefig(written[-1], dpi=110)
+        plt.close(fig)
+
+    for method in ("sencache", "sencache-paper"):
+        row = _closest(rows, method)
+        if row is None or not all("mask" in s for s in row["samples"]):
+            continue
+        masks = np.array([np.asarray(s["mask"]).reshape(-1, len(s["mask"][0]))[0] for s in row["samples"]])
+        fig, ax = plt.subplots(figsize=(8, 0.35 * len(masks) + 1.4))
+        ax.imshow(masks, aspect="auto", cmap="Greys", vmin=0, vmax=1)
+        ax.set_yticks(range(len(masks)), [f"{s['prompt'][:38]} / seed {s['seed']}" for s in row["samples"]], fontsize=7)
+        ax.set_xlabel("denoising step (black: computed)")
+        ax.set_title(f"{method} per-sample computed steps, knob {row['knob']} (NFE {row['nfe_fraction']:.2f})")
+        fig.tight_layout()
+        written.append(out_dir / f"masks_{method}.png")
+        fig.savefig(written[-1], dpi=110)
+        plt.close(fig)
+
+    from calibration.generate import frames_grid
+
+    picks = [("none", None)]
+    for method in ("uniform", "sencache", "sencache-paper"):
+        row = _closest(rows, method)
+        if row is not None:
+            picks.append((method, row["knob"]))
+    videos, labels = [], []
+    for method, knob in picks:
+        key = (method, knob)
+        if key in frames:
+            videos.append(frames[key])
+            nfe = next(r["nfe_fraction"] for r in rows if r["method"] == method and r["knob"] == knob)
+            labels.append(f"{method} {'' if knob is None else knob} NFE {nfe:.2f}")
+    if videos:
+        written.append(out_dir / "frames.png")
+        frames_grid(np.stack(videos), labels=labels).save(written[-1])
+    return written
+
+
+def _fmt(value: Any, spec: str = ".2f") -> str:
+    return "—" if value is None else format(value, spec)
+
+
+def summary_markdown(result: dict[str, Any]) -> str:
+    """The matched table at each fraction, SenCache's rank, the full curves, what could not run."""
+    m = result["model"]
+    lines = [
+        f"# Bench: {m['name']} ({m['class']}, {m['blocks']} blocks)",
+        "",
+        f"{len(result['prompts'])} held-out prompt(s) x {len(result['seeds'])} seed(s), "
+        f"{result['call_args'].get('num_inference_steps')} steps; policy: {result['policy'] or '—'}. "
+        f"Quality against full compute of the same prompt and seed; NFE = {result['nfe_measure']}.",
+        "",
+    ]
+    for f, table in result["matched"].items():
+        lines += [f"## Matched at NFE fraction {f}", "",
+                  "| rank | method | PSNR (dB) ± spread | SSIM | latent RMSE | fidelity |",
+                  "|---:|---|---|---|---|---|"]
+        order = ranking(table)
+        for i, method in enumerate(order, 1):
+            e = table[method]
+            lines.append(f"| {i} | {method} | {_fmt(e['psnr'])} ± {_fmt(e['spread'])} | {_fmt(e['ssim'], '.4f')} | "
+                         f"{_fmt(e['latent_rmse'], '.4f')} | {_fmt(e.get('fidelity'), '.2f')} |")
+        for method, e in table.items():
+            if not e.get("reached"):
+                lines.append(f"| — | {method} | not reached | | | {e.get('note', '')} |")
+        for name in ("sencache", "sencache-paper"):
+            if name in table:
+                rank = f"{order.index(name) + 1} of {len(order)}" if name in order else "not reached"
+                lines.append(f"\n**{name}** rank at {f}: {rank}")
+        lines.append("")
+    lines += ["## All runs", "", "| method | knob | NFE | PSNR | SSIM | latent RMSE | wall s | speedup | transformer speedup |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for r in result["results"]:
+        lines.append(f"| {r['method']} | {r['knob']} | {_fmt(r['nfe_fraction'], '.3f')} | {_fmt(r['psnr'])} | "
+                     f"{_fmt(r['ssim'], '.4f')} | {_fmt(r['latent_rmse'], '.4f')} | {_fmt(r['wall_s'])} | "
+                     f"{_fmt(r['speedup'])} | {_fmt(r['transformer_speedup'])} |")
+    if result["unsupported"]:
+        lines += ["", "## Unsupported", ""]
+        lines += [f"- **{k}**: {v}" for k, v in result["unsupported"].items()]
+    lines += ["", "## Method preparation", ""]
+    for name, note in result["preparation"].items():
+        if note:
+            short = {k: v for k, v in note.items() if k not in ("mag_ratios", "coefficients")}
+            lines.append(f"- **{name}**: {short}")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,132 @@
+"""`run_bench` on a tiny fixture, the metrics by hand, the matched interpolation, bad input."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from calibration.bench import run_bench
+from calibration.bench_report import PSNR_CAP, _interp, latent_rmse, matched, psnr, ssim
+from calibration.models import load_model
+from policies import InputError, PolicyError, constant_policy, config_fingerprint
+
+PROMPTS = ["a red circle moving left on a blue background", "a green square moving up on a yellow background"]
+
+
+# --- metrics by hand ----------------------------------------------------------------------------
+
+
+def test_psnr_by_hand():
+    a = np.zeros((2, 8, 8, 3))
+    b = a + 0.1  # MSE 0.01 -> 10·log10(1 / 0.01) = 20 dB
+    assert psnr(b, a) == pytest.approx(20.0)
+    assert psnr(a, a) == PSNR_CAP
+
+
+def test_ssim_identity_and_ordering():
+    rng = np.random.default_rng(0)
+    a = rng.random((3, 16, 16, 3))
+    assert ssim(a, a) == pytest.approx(1.0)
+    slight = np.clip(a + rng.normal(0, 0.02, a.shape), 0, 1)
+    heavy = np.clip(a + rng.normal(0, 0.3, a.shape), 0, 1)
+    assert 1.0 > ssim(slight, a) > ssim(heavy, a)
+    # a constant offset of c: luminance term (2µaµb + C1)/(µa² + µb² + C1) < 1, structure unchanged
+    assert ssim(np.full((1, 12, 12, 1), 0.6), np.full((1, 12, 12, 1), 0.4)) < 1.0
+
+
+def test_latent_rmse_by_hand():
+    # differences 3 and 4 -> sqrt((9 + 16) / 2) = sqrt(12.5)
+    assert latent_rmse(np.array([3.0, 0.0]), np.array([0.0, 4.0])) == pytest.approx(12.5**0.5)
+
+
+# --- matched comparison -------------------------------------------------------------------------
+
+
+def test_interp_inside_outside_and_ties():
+    assert _interp([0.4, 0.8], [30.0, 50.0], 0.5) == pytest.approx(35.0)  # 30 + (0.1/0.4)·20
+    assert _interp([0.4, 0.8], [30.0, 50.0], 0.3) is None
+    assert _interp([0.5, 0.5, 1.0], [10.0, 20.0, 40.0], 0.5) == pytest.approx(15.0)
+
+
+def _row(method, nfe, psnr_by_sample):
+    samples = [{"nfe_fraction": nfe, "psnr": p, "ssim": 0.9, "latent_rmse": 0.1} for p in psnr_by_sample]
+    return {"method": method, "knob": nfe, "nfe_fraction": nfe, "psnr": float(np.mean(psnr_by_sample)),
+            "ssim": 0.9, "latent_rmse": 0.1, "fidelity": None, "samples": samples}
+
+
+def test_matched_values_spread_and_not_reached():
+    rows = [_row("none", 1.0, [100, 100]), _row("a", 0.4, [30, 34]), _row("a", 0.8, [50, 54]), _row("b", 0.6, [40, 40]),
+            _row("b", 0.9, [45, 45])]
+    table = matched(rows, (0.5, 0.7))
+    # a at 0.5: samples 30→50 and 34→54 interpolate to 35 and 39: mean 37, std 2
+    assert table["0.5"]["a"]["psnr"] == pytest.approx(37.0)
+    assert table["0.5"]["a"]["spread"] == pytest.approx(2.0)
+    assert table["0.5"]["b"]["reached"] is False and table["0.5"]["b"]["psnr"] is None
+    assert table["0.7"]["b"]["psnr"] == pytest.approx(40 + 5 / 3)
+    assert "none" not in table["0.5"]
+
+
+# --- a real run on a tiny fixture ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_bench(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "out"
+    loaded = load_model("tiny-wan")
+    policy = constant_policy(10.0, model_class="WanTransformer3DModel",
+                             fingerprint=config_fingerprint(dict(loaded.pipe.transformer.config)), name="flat")
+    policy_path = out.parent / "policy.json"
+    policy.save(policy_path)
+    result = run_bench(loaded, policy_path, out, methods="uniform,sencache", prompts=PROMPTS[:1], seeds=2, steps=6,
+                       progress=False, knobs={"uniform": [0.8, 0.5, 0.3], "sencache": ["flat*0.00001", "flat", "flat*100"]})
+    return out, result
+
+
+@pytest.mark.slow
+def test_bench_writes_the_documented_form(tiny_bench):
+    out, result = tiny_bench
+    on_disk = json.loads((out / "bench.json").read_text())
+    assert on_disk == json.loads(json.dumps(result))
+    for row in on_disk["results"]:
+        assert {"method", "knob", "nfe_fraction", "psnr", "ssim", "latent_rmse", "wall_s", "speedup"} <= set(row)
+    methods = [r["method"] for r in on_disk["results"]]
+    assert methods == ["none", "uniform", "uniform", "uniform", "sencache", "sencache", "sencache"]
+    none = on_disk["results"][0]
+    assert none["nfe_fraction"] == 1.0 and none["psnr"] == PSNR_CAP and none["latent_rmse"] == 0.0
+    for f in ("0.7", "0.5", "0.4"):
+        for method in ("uniform", "sencache"):
+            assert {"psnr", "ssim", "latent_rmse", "spread"} <= set(on_disk["matched"][f][method])
+    for name in ("summary.md", "quality_vs_nfe.png", "schedules.png", "frames.png", "masks_sencache.png"):
+        assert (out / name).stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_bench_nfe_is_measured(tiny_bench):
+    _, result = tiny_bench
+    uniform = {r["knob"]: r for r in result["results"] if r["method"] == "uniform"}
+    # 6 steps: 0.5 -> 3 evenly spaced steps (0, 2 or 3, 5) -> half the block-stack work
+    assert uniform[0.5]["nfe_fraction"] == pytest.approx(0.5)
+    assert uniform[0.8]["psnr"] >= uniform[0.3]["psnr"]
+    sc = {r["knob"]: r for r in result["results"] if r["method"] == "sencache"}
+    assert sc["flat*0.00001"]["nfe_fraction"] == pytest.approx(1.0)  # ε ~ 0: nothing skips
+    assert sc["flat*100"]["nfe_fraction"] < 0.8
+    # the runtime's own mask agrees with the measured fraction
+    for sample in sc["flat*100"]["samples"]:
+        assert np.mean(sample["mask"]) == pytest.approx(sample["nfe_fraction"])
+
+
+def test_refuses_existing_output_unknown_method_and_foreign_policy(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "old.txt").write_text("x")
+    with pytest.raises(InputError, match="--overwrite"):
+        run_bench("tiny-wan", None, out, methods="uniform")
+    with pytest.raises(InputError, match="known methods"):
+        run_bench("tiny-wan", None, tmp_path / "new", methods="uniform,warpcache")
+    foreign = constant_policy(0.1)  # fingerprint of no real model
+    foreign.save(tmp_path / "foreign.json")
+    with pytest.raises(PolicyError, match="fingerprint"):
+        run_bench("tiny-wan", tmp_path / "foreign.json", tmp_path / "new2")
+    assert not (tmp_path / "new").exists() and not (tmp_path / "new2").exists()
