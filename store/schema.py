@@ -5,8 +5,9 @@ other table hangs off it by `run_id` and is keyed by (`run_id`, `step`, ...). On
 `meta` carry a primary key: the per-step tables are written a run at a time, their keys are
 checked in Python before a write (`store.rows`), and DuckDB's min/max zone maps already prune by
 `run_id` because a run's rows are appended together. A primary-key index on the step tables
-would double the file and halve the insert rate (measured: 2.8 → 5.1 MB and 350k → 230k rows/s
-for 80k cache-error rows), for a guarantee that the write path already gives.
+would nearly double the file and cost a third of the insert rate (a prototype with 80k
+cache-error rows in batches of 10 runs: 2.8 → 5.1 MB, 350k → 230k rows/s), for a guarantee that
+the write path already gives.
 
 Floating-point columns are DOUBLE and nullable: a zero denominator gives NULL, never inf/NaN.
 Bump `SCHEMA_VERSION` whenever a column changes meaning or a table changes shape.
