@@ -139,6 +139,7 @@ def _cmd_fit(args: argparse.Namespace) -> int:
         knots=args.knots,
         model=args.model,
         show_progress=not args.quiet and sys.stderr.isatty(),
+        validate=args.validate,
     )
     print(fit_result_path(args.db))
     return EXIT_OK
@@ -166,6 +167,8 @@ def _add_fit(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--objective", choices=("rerun", "replay"), default=None,
                    help="rerun: real cached re-runs (default for zoo/tiny models and local folders); "
                    "replay: simulate on stored trajectories, no model needed (default otherwise)")
+    p.add_argument("--validate", choices=("rerun", "replay"), default=None,
+                   help="objective that measures the chosen points on the holdout runs (default: --objective's)")
     p.add_argument("--seed", type=int, default=0, help="sampler seed: same store + seed, same fit (default: %(default)s)")
     p.add_argument("--storage", default=None, help="Optuna storage URL or journal file (default: <store>.optuna.log)")
     p.add_argument("--knots", type=int, default=10, help="threshold knots over the step position, 8-16 (default: %(default)s)")
@@ -458,7 +461,7 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seeds", type=int, default=2, help="seeds per prompt (default: %(default)s)")
     p.add_argument("--prompts", default=None, help="file of prompts, one per line (default: 4 zoo held-out prompts)")
     p.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model's zoo.json)")
-    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder")
+    p.add_argument("--overwrite", action="store_true", help="replace the bench files in a non-empty --out folder")
 
 
 # --- the parser -------------------------------------------------------------------------------

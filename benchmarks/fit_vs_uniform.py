@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--policy", required=True)
     ap.add_argument("--db", required=True, help="the store whose holdout runs give the prompts")
     ap.add_argument("--extra-seeds", type=int, default=0, help="more seeds per holdout prompt")
-    ap.add_argument("--paper-scales", default="0.03,0.1,0.3,1,3,10,30,100", help="λ values of the paper sweep")
+    ap.add_argument("--paper-scales", default="0.1,0.2,0.3,0.45,0.6,0.8,1,1.3,1.7,2.2,3,5,10", help="λ values of the paper sweep")
     ap.add_argument("--out", default=None, help="JSON file for the numbers")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)

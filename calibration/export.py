@@ -65,6 +65,7 @@ def build_policy(result: dict[str, Any], data: Any, source: str = "<export>") ->
     metrics = {
         "validation": result.get("validation"),
         "objective": result.get("objective"),
+        "validation_objective": result.get("validation_objective", result.get("objective")),
         "predictor": {k: pred.get(k) for k in ("r2", "r2_log", "spearman", "n_test", "validation", "loss")},
         "operating_points": {p["name"]: p.get("validation") for p in result["operating_points"]},
         "references": result.get("references"),

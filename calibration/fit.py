@@ -249,6 +249,7 @@ def fit(
     targets: dict[str, float] | None = None,
     plot: bool = True,
     refine_evals: int = 4,
+    validate: str | None = None,
 ) -> dict[str, Any]:
     """Fit a policy's predictor and operating points from the store at `db`; returns the result.
 
@@ -262,16 +263,21 @@ def fit(
         knots: ε knots over p ∈ [0, 1], 8–16.
         model: the model to re-run (default: the store's model name).
         refine_evals: evaluations per candidate when scaling a Pareto point's ε to its target NFE.
+        validate: the objective that measures the chosen points on the holdout runs (default: the
+            search's). ``objective="replay", validate="rerun"`` searches cheaply on stored
+            trajectories and states real re-run errors in the policy.
     """
     if isinstance(trials, bool) or not isinstance(trials, int) or trials < 1:
         raise InputError(f"--trials must be a positive integer, got {trials!r}; e.g. `sencache-calibrate fit --db {db} --trials 60`")
     if not 8 <= int(knots) <= 16:
         raise InputError(f"--knots must lie in 8..16, got {knots}")
-    if objective not in (None, "rerun", "replay"):
-        raise InputError(f"--objective must be rerun or replay, got {objective!r}")
+    for flag, value in (("--objective", objective), ("--validate", validate)):
+        if value not in (None, "rerun", "replay"):
+            raise InputError(f"{flag} must be rerun or replay, got {value!r}")
     targets = dict(targets or TARGETS)
     data = load_fit_data(db, model)
     kind = objective or _default_objective(data, model)
+    validate_kind = validate or kind
     table = data.sensitivity_table()
     pairs = data.pairs(table)
     predictor_fit = fit_predictor(pairs)
@@ -298,9 +304,10 @@ def fit(
 
     front = pareto_front(study)
     chosen = _choose_points(front, space, targets, calib_obj, predictor, refine_evals)
-    holdout_obj = objectives.for_split("holdout")
+    checker = objectives if validate_kind == kind else _Objectives(validate_kind, data, table, model)
+    holdout_obj = checker.for_split("holdout")
     validation = "holdout" if holdout_obj is not None else "calib (no holdout runs in the store)"
-    check_obj = holdout_obj or calib_obj
+    check_obj = holdout_obj or checker.for_split("calib")
     points = []
     for c in chosen:
         measured = check_obj.evaluate(predictor, c["point"])
@@ -327,6 +334,7 @@ def fit(
         "scheduler": data.scheduler().to_dict(),
         "runs": {"calib": data.run_ids("calib"), "holdout": data.run_ids("holdout")},
         "objective": kind,
+        "validation_objective": validate_kind,
         "seed": seed,
         "trials": len([t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]),
         "study": {"name": study_name, "storage": storage or default_storage(data.path)},

@@ -45,21 +45,31 @@ def plot_fit(result: dict[str, Any], pairs: pd.DataFrame, study: optuna.Study, o
     front = result["pareto_front"]
     right.plot([p["nfe_fraction"] for p in front], [p["error"] for p in front], "-o", ms=3, c="tab:blue",
                label="Pareto front (calib)")
+    measured_axis = right
+    validate_kind = result.get("validation_objective", result["objective"])
+    if validate_kind != result["objective"]:  # the holdout numbers are in other units: their own axis
+        measured_axis = right.twinx()
+        measured_axis.set_ylabel(f"holdout final error ({validate_kind})")
+        measured_axis.set_yscale("symlog", linthresh=1e-4)
     for p in result["operating_points"]:
         label = "paper shape, fitted score" if p["name"] == "paper" else p["name"]
-        right.scatter(p["expected_nfe_fraction"], p["expected_error"], marker="*", s=120, zorder=5,
+        measured_axis.scatter(p["expected_nfe_fraction"], p["expected_error"], marker="*", s=120, zorder=5,
                       label=f"{label} ({result['validation'].split()[0]})")
     uni = [v for v in result["references"]["uniform"].values() if v]
     if uni:
-        right.plot([u["nfe_fraction"] for u in uni], [u["error"] for u in uni], "s--", c="tab:red", ms=5,
+        measured_axis.plot([u["nfe_fraction"] for u in uni], [u["error"] for u in uni], "s--", c="tab:red", ms=5,
                    label="evenly spaced")
     paper = result["references"]["paper"]["validation"]
     if paper:
-        right.scatter(paper["nfe_fraction"], paper["error"], marker="x", c="k", s=60, label="paper (a=b=1)")
+        measured_axis.scatter(paper["nfe_fraction"], paper["error"], marker="x", c="k", s=60, label="paper (a=b=1)")
     right.set_xlabel("fraction of steps computed")
     right.set_ylabel(f"final error ({result['objective']})")
     right.set_yscale("symlog", linthresh=1e-4)
-    right.legend(fontsize=7)
+    handles, labels = right.get_legend_handles_labels()
+    if measured_axis is not right:
+        more = measured_axis.get_legend_handles_labels()
+        handles, labels = handles + more[0], labels + more[1]
+    right.legend(handles, labels, fontsize=7)
     right.set_title(f"{result['model']['name']}: {result['trials']} trials", fontsize=9)
     fig.tight_layout()
     out = Path(out)

@@ -63,3 +63,22 @@ def test_rerun_fit_exports_a_policy_the_runtime_reproduces(tiny, tmp_path):
         assert float(handle.report().nfe_fraction.mean()) == pytest.approx(point.expected_nfe_fraction)
     finally:
         sencache.remove(tiny.pipe)
+
+
+def test_replay_search_with_rerun_validation(tiny, tmp_path):
+    # Search on stored trajectories (no model), then measure the chosen points by real re-runs of
+    # the holdout prompt: the policy states re-run numbers, which the runtime reproduces.
+    fp = config_fingerprint(dict(tiny.pipe.transformer.config))
+    db = make_store(tmp_path / "tiny.duckdb", runs=1, holdout=1, num_steps=STEPS, fingerprint=fp,
+                    model_name="tiny-wan", call={k: CALL[k] for k in ("guidance_scale", "height", "width", "num_frames")})
+    result = fit(db, trials=4, objective="replay", validate="rerun", show_progress=False)
+    assert (result["objective"], result["validation_objective"]) == ("replay", "rerun")
+    fast = next(p for p in result["operating_points"] if p["name"] == "fast")
+    policy = export(db, tmp_path / "tiny.json")
+    handle = sencache.apply(tiny.pipe, policy, operating_point="fast")
+    try:
+        tiny.pipe(prompt=["a red circle moving left number 1"], generator=[torch.Generator().manual_seed(1)],
+                  output_type="latent", num_inference_steps=STEPS, **CALL)
+        assert float(handle.report().nfe_fraction.mean()) == pytest.approx(fast["expected_nfe_fraction"])
+    finally:
+        sencache.remove(tiny.pipe)
