@@ -29,6 +29,8 @@ def main() -> None:
     parser.add_argument("--k-max", type=int, default=4)
     parser.add_argument("--estimator", default="trajectory")
     parser.add_argument("--no-latents", action="store_true")
+    parser.add_argument("--random-weights", action="store_true",
+                        help="a zoo toy's architecture and size with random weights (same cost; before the toy is trained)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (default: 1, so that the CPU-time ratio is meaningful; 0: torch's own)")
     args = parser.parse_args()
@@ -40,7 +42,16 @@ def main() -> None:
 
     prompts = default_prompts(args.model)[: args.prompts]
     t0 = time.perf_counter()
-    loaded = load_model(args.model)
+    if args.random_weights:
+        from calibration.models import LoadedModel
+        from calibration.zoo.architectures import build_pipeline
+        from calibration.zoo.registry import TOY_MODELS
+        from calibration.zoo.train import TOY_CALL_ARGS, TOY_SIZES
+
+        arch = TOY_MODELS[args.model]
+        loaded = LoadedModel(args.model, build_pipeline(arch, TOY_SIZES[arch]), dict(TOY_CALL_ARGS))
+    else:
+        loaded = load_model(args.model)
     load_s = time.perf_counter() - t0
     call = loaded.call_kwargs(num_inference_steps=args.steps)
     loaded.pipe.set_progress_bar_config(disable=True)
@@ -69,7 +80,7 @@ def main() -> None:
         after = plain_pass()
     plain_wall, plain_cpu = (before[0] + after[0]) / 2, (before[1] + after[1]) / 2
     runs = summary.runs_written
-    print(f"model {args.model}: {runs} runs x {args.steps} steps, k_max {args.k_max}, estimator {args.estimator}, "
+    print(f"model {args.model}{' (random weights)' if args.random_weights else ''}: {runs} runs x {args.steps} steps, k_max {args.k_max}, estimator {args.estimator}, "
           f"latents {'off' if args.no_latents else 'on'}, torch threads {torch.get_num_threads()}")
     print(f"plain generations : wall {plain_wall:7.2f} s ({plain_wall / runs:.3f} s/run)  cpu {plain_cpu:7.2f} s "
           f"(mean of the passes before and after)")

@@ -392,11 +392,14 @@ class _ProbeHook(ModelHook):
     def __init__(self, recorder: _Recorder, which: str) -> None:
         super().__init__()
         self.recorder, self.which = recorder, which
+        self.signature: inspect.Signature | None = None
 
     def pre_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> tuple[tuple, dict]:
         rec = self.recorder
         if rec.probing and not rec.busy:
-            named = inspect.signature(type(module).forward).bind(module, *args, **kwargs).arguments
+            if self.signature is None:
+                self.signature = inspect.signature(type(module).forward)
+            named = self.signature.bind(module, *args, **kwargs).arguments
             if self.which == "block0":
                 rec.probe["block0"] = {k: v for k, v in named.items() if k != "self"}
             else:
