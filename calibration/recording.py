@@ -41,6 +41,7 @@ from diffusers.hooks import HookRegistry, ModelHook
 from diffusers.hooks.hooks import BaseState, StateManager
 
 from calibration.signals import modulated_input, ratio, relative_l1
+from policies.errors import InputError
 from sencache.adapters import BlockStackAdapter, adapter_for
 from sencache.norms import rms, rms_diff
 from sencache.stack import DEFAULT_CONTEXT, StackHooks, install_stack, remove_stack
@@ -288,14 +289,21 @@ class _Recorder:
                            residual_error=float(res_err[b]), output_error=float(out_err[b]))
         self.pending_g = g
         if t_next is not None and self.estimator == "reference":
-            self._reference(fn, sub, context, step, t_sub, t, t_next)
+            self._reference(fn, sub, context, step, t_sub, t, t_next, x)
         self.window.append(_Seen(step, t, x, f, residual))
 
     def _reference(self, fn: Any, sub: dict[str, Any], context: str, step: int, t_sub: Any, t: float,
-                   t_next: float) -> None:
+                   t_next: float, x: torch.Tensor) -> None:
         ref = self.reference
         if ref is None:
             raise ValueError("estimator 'reference' needs clean latents: recording(..., reference=ReferenceLatents(...))")
+        if tuple(ref.clean.shape[1:]) != tuple(x.shape[1:]):
+            raise InputError(
+                f"--estimator reference: the clean clip's latent {tuple(ref.clean.shape[1:])} does not match the "
+                f"model's latent {tuple(x.shape[1:])}; call the model at the zoo's clip size, or use --estimator trajectory"
+            )
+        if ref.clean.shape[0] != x.shape[0]:
+            ref = ReferenceLatents(ref.clean[:1].expand_as(x), ref.noise[:1].expand_as(x))
         scheduler = self.pipe.scheduler
         t_tensor = torch.as_tensor(scheduler.timesteps[step])
         if hasattr(scheduler, "sigmas") and not hasattr(scheduler, "alphas_cumprod"):  # flow matching
