@@ -301,7 +301,7 @@ def write_plots(result: dict[str, Any], frames: dict[tuple[str, Any], np.ndarray
         if row is None or not all("mask" in s for s in row["samples"]):
             continue
         masks = np.array([np.asarray(s["mask"]).reshape(-1, len(s["mask"][0]))[0] for s in row["samples"]])
-        fig, ax = plt.subplots(figsize=(8, 0.35 * len(masks) + 1.4))
+        fig, ax = plt.subplots(figsize=(10, 0.35 * len(masks) + 1.4))
         ax.imshow(masks, aspect="auto", cmap="Greys", vmin=0, vmax=1)
         ax.set_yticks(range(len(masks)), [f"{s['prompt'][:38]} / seed {s['seed']}" for s in row["samples"]], fontsize=7)
         ax.set_xlabel("denoising step (black: computed)")
@@ -343,7 +343,8 @@ def summary_markdown(result: dict[str, Any]) -> str:
         "",
         f"{len(result['prompts'])} held-out prompt(s) x {len(result['seeds'])} seed(s), "
         f"{result['call_args'].get('num_inference_steps')} steps; policy: {result['policy'] or '—'}. "
-        f"Quality against full compute of the same prompt and seed; NFE = {result['nfe_measure']}.",
+        f"Quality against full compute of the same prompt and seed; NFE = {result['nfe_measure']}. "
+        "Wall-clock speedups compare runs of this bench only, and only mean something on an otherwise idle machine.",
         "",
     ]
     for f, table in result["matched"].items():

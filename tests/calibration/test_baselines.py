@@ -20,11 +20,11 @@ from policies import InputError, PolicyError, SensitivityTable, config_fingerpri
 from sencache.adapters import adapter_for
 
 ARCHS = ["wan", "cogvideox", "ltx"]
-STEPS = 8
+STEPS = 6
 PROMPT = "a red circle moving left on a blue background"
 CALIB = ["a green square moving up on a yellow background"]
 
-#: per method, a knob that must skip on a random tiny model within 8 steps
+#: per method, a knob that must skip on a random tiny model within 6 steps
 SKIPPING_KNOB = {
     "uniform": 0.5,
     "sencache-paper": 1.6,

@@ -25,7 +25,10 @@ def test_bench_runs_and_writes(tmp_path, capsys):
     # a second run into the same folder needs --overwrite
     assert main(argv) == 2
     assert "--overwrite" in capsys.readouterr().err
+    # --overwrite replaces the bench's own files and nothing else
+    (out / "notes.txt").write_text("mine")
     assert main(argv + ["--overwrite"]) == 0
+    assert (out / "notes.txt").read_text() == "mine" and (out / "bench.json").exists()
 
 
 @pytest.mark.parametrize(
