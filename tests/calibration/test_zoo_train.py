@@ -85,3 +85,9 @@ def test_train_toy_writes_a_loadable_folder_with_its_card(tmp_path):
     assert (folder / "training_log.csv").read_text().startswith("phase,step,loss,seconds")
     loaded = load_model(str(folder))
     assert loaded.call_args["num_inference_steps"] == 30
+    # the text encoder was trained along with the transformer (not left at its random init)
+    from calibration.zoo.architectures import build_pipeline
+
+    fresh = build_pipeline("wan", TINY, seed=5).text_encoder.state_dict()
+    trained = loaded.pipe.text_encoder.state_dict()
+    assert any(not torch.equal(fresh[k], trained[k]) for k in fresh if k in trained)
