@@ -51,6 +51,7 @@ def main() -> None:
     parser.add_argument("--model", default="toy-wan")
     parser.add_argument("--db", required=True)
     parser.add_argument("--prompts", type=int, default=12, help="how many of the zoo's default prompts")
+    parser.add_argument("--zoo", default=None, help="zoo name whose prompts to use when --model is a folder")
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--k-max", type=int, default=4)
@@ -65,7 +66,7 @@ def main() -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    prompts = default_prompts(args.model, count=args.prompts)
+    prompts = default_prompts(args.zoo or args.model, count=args.prompts)
     collect(args.model, prompts, seeds=args.seeds, steps=args.steps, db=args.db, k_max=args.k_max,
             estimator=args.estimator, no_latents=True, progress=False)
     with CalibrationStore(args.db, read_only=True) as store:
