@@ -433,6 +433,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         steps=args.steps,
         overwrite=args.overwrite,
         progress=not args.quiet,
+        store=args.db,
     )
     print(Path(args.out) / "summary.md")
     return EXIT_OK
@@ -462,6 +463,7 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--prompts", default=None, help="file of prompts, one per line (default: 4 zoo held-out prompts)")
     p.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model's zoo.json)")
     p.add_argument("--overwrite", action="store_true", help="replace the bench files in a non-empty --out folder")
+    p.add_argument("--db", default=None, help="calibration store of this model: TeaCache's polynomial is fitted on it")
 
 
 # --- the parser -------------------------------------------------------------------------------

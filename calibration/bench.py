@@ -164,10 +164,12 @@ def run_bench(
     progress: bool = True,
     knobs: dict[str, list[Any]] | None = None,
     fractions: tuple[float, ...] = MATCHED_FRACTIONS,
+    store: str | Path | None = None,
 ) -> dict[str, Any]:
     """Benchmark `methods` (default: every one that can run) on `model`; write `out_dir`.
 
-    Returns the `bench.json` object. Bad input raises `InputError` before any generation:
+    `store` (a calibration store of this model) gives TeaCache's polynomial its fit; without
+    it TeaCache fits on two full-compute calibration runs. Returns the `bench.json` object. Bad input raises `InputError` before any generation:
     an unknown method, a policy of another model, an existing non-empty `out_dir` without
     `overwrite`. A method whose peer library cannot run on this architecture is recorded under
     `unsupported` with the reason; any other failure of a requested method raises.
@@ -179,6 +181,8 @@ def run_bench(
     transformer = loaded.pipe.transformer
     adapter = adapter_for(transformer)
     policy = _load_policy(policy_path, transformer)
+    if store is not None and not Path(store).is_file():
+        raise InputError(f"--db {store}: no calibration store there; collect one with `sencache-calibrate collect`")
     names = resolve_methods(methods, have_policy=policy is not None)
     for name in knobs or {}:
         if name not in METHODS:
@@ -190,7 +194,8 @@ def run_bench(
     _check_out_dir(out_dir, overwrite)
     loaded.pipe.set_progress_bar_config(disable=True)
 
-    ctx = MethodContext(loaded.pipe, kwargs, policy=policy, calibration_prompts=_calibration_prompts())
+    ctx = MethodContext(loaded.pipe, kwargs, policy=policy, calibration_prompts=_calibration_prompts(),
+                        store=None if store is None else str(store))
     counter = BlockCounter(transformer, adapter.blocks(transformer))
     timer = _Timer()
     timer_handles = timer.install(transformer)

@@ -21,7 +21,7 @@ from calibration.baselines.none import apply_none
 from calibration.baselines.sencache_paper import apply_sencache_paper, quick_sensitivity
 from calibration.baselines.sencache_policy import apply_sencache, policy_knobs
 from calibration.baselines.taylorseer import apply_taylorseer
-from calibration.baselines.teacache import apply_teacache, fit_coefficients
+from calibration.baselines.teacache import apply_teacache, coefficients_from_store, fit_coefficients
 from calibration.baselines.uniform import apply_uniform
 
 __all__ = ["METHODS", "Method", "MethodContext", "method_names", "resolve_methods"]
@@ -29,13 +29,15 @@ __all__ = ["METHODS", "Method", "MethodContext", "method_names", "resolve_method
 
 @dataclass
 class MethodContext:
-    """What `prepare` may use: the pipeline, its call arguments, the policy, calibration prompts."""
+    """What `prepare` may use: the pipeline, its call arguments, the policy, calibration prompts,
+    and a calibration store of the same model (`store`: a DuckDB path) when there is one."""
 
     pipe: Any
     call_kwargs: dict[str, Any]
     policy: Any | None = None
     calibration_prompts: list[str] = field(default_factory=list)
     seed: int = 0
+    store: str | None = None
 
     @property
     def steps(self) -> int:
@@ -88,7 +90,13 @@ def _prep_paper(ctx: MethodContext) -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 def _prep_teacache(ctx: MethodContext) -> tuple[dict[str, Any], dict[str, Any]]:
-    coefficients, note = fit_coefficients(ctx.pipe, ctx.call_kwargs, ctx.calibration_prompts[:2], ctx.seed)
+    if ctx.store is not None:
+        from policies import config_fingerprint
+
+        fingerprint = config_fingerprint(dict(ctx.pipe.transformer.config))
+        coefficients, note = coefficients_from_store(ctx.store, fingerprint)
+    else:
+        coefficients, note = fit_coefficients(ctx.pipe, ctx.call_kwargs, ctx.calibration_prompts[:2], ctx.seed)
     note["coefficients"] = list(coefficients)
     return {"coefficients": coefficients}, note
 

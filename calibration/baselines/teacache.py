@@ -11,9 +11,11 @@ threshold the stack runs and A resets to 0. The first and last steps always run.
 per forward for the whole batch, as in TeaCache.
 
 `poly` rescales the input change into an estimate of the output change: its coefficients are
-fitted with `np.polyfit` (degree 4, as the paper) of the model output's relative L1 change
-against Δ on full-compute calibration runs (`fit_coefficients`), or given by the caller (e.g.
-from a store). Without either it is the identity. Negative values of the fitted polynomial
+fitted with `np.polyfit` (degree 4, as the paper), from a calibration store when one is given
+(`coefficients_from_store`: the stored signal Δ_i against the measured error of reusing the
+residual of step i−1 at step i, relative to the output's RMS, calibration runs only), else on
+full-compute calibration runs (`fit_coefficients`: the model output's relative L1 change).
+Without enough points it is the identity. Negative values of the fitted polynomial
 (possible at the edge of the fitted range) are clipped to 0 so the accumulator never decreases.
 """
 
@@ -31,7 +33,7 @@ from calibration.signals import modulated_input
 from sencache.adapters import adapter_for
 from sencache.stack import install_stack, remove_stack
 
-__all__ = ["IDENTITY", "TeaCacheController", "apply_teacache", "fit_coefficients"]
+__all__ = ["IDENTITY", "TeaCacheController", "apply_teacache", "coefficients_from_store", "fit_coefficients"]
 
 logger = logging.getLogger(__name__)
 
@@ -142,16 +144,40 @@ def fit_coefficients(pipe: Any, call_kwargs: dict[str, Any], prompts: list[str],
                 if x is not None and y is not None:
                     xs.append(x)
                     ys.append(y)
+    return _polyfit(xs, ys, degree, f"{len(prompts)} full-compute calibration run(s)")
+
+
+def _polyfit(xs: list[float], ys: list[float], degree: int, source: str) -> tuple[tuple[float, ...], dict[str, Any]]:
     if len(xs) < degree + 2:
         logger.warning("teacache: only %d calibration points: using the identity polynomial", len(xs))
-        return IDENTITY, {"source": "identity (too few calibration points)", "points": len(xs)}
-    coefficients = np.polyfit(np.asarray(xs), np.asarray(ys), degree)
-    fitted = np.polyval(coefficients, xs)
-    ss = float(np.sum((np.asarray(ys) - np.mean(ys)) ** 2))
-    r2 = 1.0 - float(np.sum((np.asarray(ys) - fitted) ** 2)) / ss if ss > 0 else None
-    note = {"source": f"np.polyfit degree {degree} on {len(prompts)} full-compute calibration run(s)",
-            "points": len(xs), "r2": r2, "input_change_range": [float(min(xs)), float(max(xs))]}
+        return IDENTITY, {"source": f"identity (too few points from {source})", "points": len(xs)}
+    x, y = np.asarray(xs, dtype=np.float64), np.asarray(ys, dtype=np.float64)
+    coefficients = np.polyfit(x, y, degree)
+    ss = float(np.sum((y - y.mean()) ** 2))
+    r2 = 1.0 - float(np.sum((y - np.polyval(coefficients, x)) ** 2)) / ss if ss > 0 else None
+    note = {"source": f"np.polyfit degree {degree} on {source}", "points": len(xs), "r2": r2,
+            "input_change_range": [float(x.min()), float(x.max())]}
     return tuple(float(c) for c in coefficients), note
+
+
+def coefficients_from_store(store_path: str, model_fingerprint: str | None = None,
+                            degree: int = DEGREE) -> tuple[tuple[float, ...], dict[str, Any]]:
+    """Fit poly(stored TeaCache signal at step i) ≈ residual-reuse error (lag 1, at step i) / output RMS.
+
+    With `model_fingerprint`, a store of another model is refused (`InputError`).
+    """
+    from store import CalibrationStore
+
+    with CalibrationStore(store_path, read_only=True, model_fingerprint=model_fingerprint) as store:
+        calib = store.runs(split="calib")["run_id"].tolist()
+        steps = store.steps(calib)
+        errors = store.cache_errors(calib)
+    errors = errors[errors["lag"] == 1].assign(step=lambda d: d["step"] + 1)  # reuse R_{i-1} at step i
+    table = steps.merge(errors[["run_id", "step", "residual_error"]], on=["run_id", "step"])
+    table = table[(table["out_norm"] > 0) & table["teacache_signal"].notna() & table["residual_error"].notna()]
+    xs = table["teacache_signal"].astype(float).tolist()
+    ys = (table["residual_error"] / table["out_norm"]).astype(float).tolist()
+    return _polyfit(xs, ys, degree, f"store {store_path} ({len(calib)} calibration runs)")
 
 
 def apply_teacache(pipe: Any, knob: float, coefficients: tuple[float, ...] = IDENTITY) -> BaselineHandle:

@@ -163,3 +163,33 @@ def test_resolve_methods():
         resolve_methods("uniform,bogus", have_policy=False)
     with pytest.raises(InputError, match="--policy"):
         resolve_methods("sencache", have_policy=False)
+
+
+def test_teacache_polynomial_from_a_store(tmp_path):
+    import numpy as np
+    import pandas as pd
+
+    from calibration.baselines.teacache import coefficients_from_store
+    from store import CalibrationStore
+
+    # per step i: signal s_i; reusing R_{i-1} at step i errs by 2·s_i·out_norm (out_norm 0.5),
+    # so the relative error is exactly 2·s: the fit must recover poly(x) = 2x
+    path = tmp_path / "calib.duckdb"
+    store = CalibrationStore(path)
+    n = 10
+    for seed in range(3):
+        s = 0.05 + 0.01 * np.arange(n) + 0.003 * seed
+        steps = pd.DataFrame({"step": np.arange(n), "timestep": 1000.0 - 100 * np.arange(n), "dx_norm": s,
+                              "x_norm": np.ones(n), "out_norm": np.full(n, 0.5), "teacache_signal": s})
+        errors = pd.DataFrame({"step": np.arange(n - 1), "lag": 1, "dx": s[1:], "dt": 100.0,
+                               "residual_error": 2 * s[1:] * 0.5, "output_error": s[1:]})
+        run = {"model_name": "m", "model_fingerprint": "f" * 16, "pipeline_class": "WanPipeline",
+               "scheduler_class": "S", "scheduler_config": {}, "prompt": f"p{seed}", "seed": seed, "num_steps": n,
+               "split": "calib", "estimator": "trajectory"}
+        store.write_run(run, steps, None, errors, None)
+    store.close()
+    coefficients, note = coefficients_from_store(str(path), "f" * 16)
+    assert np.polyval(coefficients, 0.1) == pytest.approx(0.2, abs=1e-6)
+    assert note["points"] == 27 and "store" in note["source"]  # 3 runs x steps 1..9
+    with pytest.raises(InputError):
+        coefficients_from_store(str(path), "0" * 16)  # a store of another model

@@ -38,8 +38,9 @@ def test_bench_runs_and_writes(tmp_path, capsys):
         (["--methods", "sencache"], "--policy"),
         (["--policy", "{foreign}"], "fingerprint"),
         (["--policy", "{missing}"], "no such file"),
+        (["--db", "{missing}"], "no calibration store"),
     ],
-    ids=["unknown-method", "sencache-without-policy", "foreign-policy", "missing-policy"],
+    ids=["unknown-method", "sencache-without-policy", "foreign-policy", "missing-policy", "missing-store"],
 )
 def test_bad_input_exits_2(tmp_path, capsys, extra, message):
     constant_policy(0.1).save(tmp_path / "foreign.json")
