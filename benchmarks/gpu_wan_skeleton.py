@@ -45,7 +45,12 @@ def build(config: dict, device: torch.device, dtype: torch.dtype) -> torch.nn.Mo
     torch.manual_seed(0)
     with torch.device(device):
         model = WanTransformer3DModel(**config)
+    from diffusers.utils import logging as dlogging
+
+    level = dlogging.get_verbosity()
+    dlogging.set_verbosity_error()  # its "keep these in float32" warning: done just below
     model = model.to(dtype)
+    dlogging.set_verbosity(level)
     # what from_pretrained(torch_dtype=bf16) does: the class's precision-sensitive modules stay float32
     keep = set(getattr(model, "_keep_in_fp32_modules", None) or [])
     for name, module in model.named_modules():
