@@ -130,3 +130,17 @@ def test_refuses_existing_output_unknown_method_and_foreign_policy(tmp_path):
     with pytest.raises(PolicyError, match="fingerprint"):
         run_bench("tiny-wan", tmp_path / "foreign.json", tmp_path / "new2")
     assert not (tmp_path / "new").exists() and not (tmp_path / "new2").exists()
+
+
+def test_a_method_that_cannot_run_here_is_recorded_with_its_reason(tmp_path, monkeypatch):
+    from calibration.baselines import METHODS, Method, MethodUnsupported
+
+    def refuse(pipe, knob):
+        raise MethodUnsupported("peer library has no adapter for WanPipeline")
+
+    monkeypatch.setitem(METHODS, "refuser", Method("refuser", refuse, (1.0,), "nothing"))
+    result = run_bench("tiny-wan", None, tmp_path / "out", methods="refuser", prompts=PROMPTS[:1], seeds=1, steps=3,
+                       progress=False)
+    assert result["unsupported"] == {"refuser": "peer library has no adapter for WanPipeline"}
+    assert [r["method"] for r in result["results"]] == ["none"]
+    assert "peer library has no adapter" in (tmp_path / "out" / "summary.md").read_text()
