@@ -34,20 +34,7 @@ _HANDLE_ATTR = "_sencache_handle"
 def rule_params(policy: Policy, operating_point: str | None = None, speedup: float | None = None) -> tuple[RuleParams, str]:
     """Resolve a policy and one of its operating points into the rule's parameters."""
     point = policy.operating_point(name=operating_point, speedup=speedup)
-    table = policy.sensitivity
-    t = np.asarray(table.timesteps, dtype=np.float64)
-    order = np.argsort(t)
-    params = RuleParams(
-        a=float(policy.predictor.a),
-        b=float(policy.predictor.b),
-        c=float(policy.predictor.c),
-        sens_t=t[order],
-        sens_jx=np.asarray(table.J_x, dtype=np.float64)[order],
-        sens_jt=np.asarray(table.J_t, dtype=np.float64)[order],
-        eps=point.eps,
-        max_skips=int(point.max_skips),
-        zones=point.zones,
-    )
+    params = RuleParams.from_parts(policy.predictor, policy.sensitivity, point)
     return params, point.name
 
 

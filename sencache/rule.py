@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -39,6 +40,23 @@ class RuleParams:
     eps: Callable[[float], float]
     max_skips: int
     zones: Callable[[int], tuple[int, int]]
+
+    @classmethod
+    def from_parts(cls, predictor: Any, table: Any, point: Any) -> RuleParams:
+        """From a policy's `Predictor`, `SensitivityTable` and one `OperatingPoint`."""
+        t = np.asarray(table.timesteps, dtype=np.float64)
+        order = np.argsort(t)
+        return cls(
+            a=float(predictor.a),
+            b=float(predictor.b),
+            c=float(predictor.c),
+            sens_t=t[order],
+            sens_jx=np.asarray(table.J_x, dtype=np.float64)[order],
+            sens_jt=np.asarray(table.J_t, dtype=np.float64)[order],
+            eps=point.eps,
+            max_skips=int(point.max_skips),
+            zones=point.zones,
+        )
 
     def sensitivities(self, t_ref: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return np.interp(t_ref, self.sens_t, self.sens_jx), np.interp(t_ref, self.sens_t, self.sens_jt)
