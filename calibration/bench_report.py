@@ -6,9 +6,9 @@ al. 2004) per channel and frame, 'valid' windows only; the window shrinks for fr
 than 11 px. Identical outputs give PSNR = `PSNR_CAP` (JSON has no infinity).
 
 Matched comparison: each method's quality-vs-NFE curve (one point per knob) is linearly
-interpolated at each target fraction; a method whose sweep does not span the fraction is
-"not reached" there. The spread is the standard deviation over (prompt, seed) samples of each
-sample's own curve interpolated at the same fraction.
+interpolated at each target fraction, PSNR through MSE (see `matched`); a method whose sweep
+does not span the fraction is "not reached" there. The spread is the standard deviation over
+(prompt, seed) samples of each sample's own curve interpolated at the same fraction.
 """
 
 from __future__ import annotations
@@ -196,8 +196,29 @@ def _interp(xs: list[float], ys: list[float], at: float) -> float | None:
     return float(np.interp(at, x_sorted, [float(np.mean(pts[x])) for x in x_sorted]))
 
 
+def _to_mse(value: float | None) -> float | None:
+    """PSNR (dB, data range 1) -> MSE; the cap (identical outputs) -> 0."""
+    if value is None:
+        return None
+    return 0.0 if value >= PSNR_CAP else 10.0 ** (-value / 10.0)
+
+
+def _to_psnr(mse: float | None) -> float | None:
+    if mse is None:
+        return None
+    return PSNR_CAP if mse <= 0.0 else float(min(PSNR_CAP, -10.0 * np.log10(mse)))
+
+
 def matched(rows: list[dict[str, Any]], fractions: tuple[float, ...]) -> dict[str, dict[str, Any]]:
-    """`{"0.5": {method: {psnr, ssim, latent_rmse, spread, ..., reached}}}` for every method but `none`."""
+    """`{"0.5": {method: {psnr, ssim, latent_rmse, spread, ..., reached}}}` for every method but `none`.
+
+    Each (prompt, seed) sample's own curve is interpolated at the fraction (clamped to that
+    sample's span, which may be narrower than the mean curve's); the value is the mean over
+    samples, `spread` the standard deviation of PSNR (`spread_ssim`, `spread_latent_rmse` too).
+    PSNR is interpolated as MSE, never in dB: identical outputs have an infinite (capped) PSNR,
+    and a straight line towards the cap would invent quality. A method is "reached" at a
+    fraction when its mean-NFE curve spans it.
+    """
     by_method: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
         if row["method"] != "none":
@@ -207,26 +228,28 @@ def matched(rows: list[dict[str, Any]], fractions: tuple[float, ...]) -> dict[st
         table: dict[str, Any] = {}
         for method, mrows in by_method.items():
             xs = [r["nfe_fraction"] for r in mrows]
-            entry: dict[str, Any] = {"reached": False, "spread": None}
-            for metric in (*_METRICS, "fidelity"):
-                entry[metric] = _interp(xs, [r.get(metric) for r in mrows], f)
-            entry["reached"] = entry["psnr"] is not None
-            if entry["reached"]:
-                n = len(mrows[0]["samples"])
-                for metric in _METRICS:
-                    per = []
-                    for s in range(n):
-                        sx = [r["samples"][s]["nfe_fraction"] for r in mrows]
-                        sy = [r["samples"][s][metric] for r in mrows]
-                        finite = [x for x in sx if x is not None]
-                        if not finite:
-                            continue
-                        clamped = min(max(f, min(finite)), max(finite))  # a sample's own span may be narrower
-                        per.append(_interp(sx, sy, clamped))
-                    key = "spread" if metric == "psnr" else f"spread_{metric}"
-                    entry[key] = _std(per)
-            else:
-                entry["note"] = "not reached: the sweep spans NFE %.2f-%.2f" % (min(xs), max(xs))
+            finite_xs = [x for x in xs if x is not None]
+            reached = bool(finite_xs) and min(finite_xs) - 1e-9 <= f <= max(finite_xs) + 1e-9
+            entry: dict[str, Any] = {"psnr": None, "ssim": None, "latent_rmse": None, "spread": None,
+                                     "fidelity": _interp(xs, [r.get("fidelity") for r in mrows], f), "reached": reached}
+            if not reached:
+                entry["note"] = ("not reached: the sweep spans NFE %.2f-%.2f" % (min(finite_xs), max(finite_xs))
+                                 if finite_xs else "not reached: no measured NFE")
+                table[method] = entry
+                continue
+            per: dict[str, list[float | None]] = {m: [] for m in _METRICS}
+            for s in range(len(mrows[0]["samples"])):
+                sx = [r["samples"][s]["nfe_fraction"] for r in mrows]
+                span = [x for x in sx if x is not None]
+                if not span:
+                    continue
+                at = min(max(f, min(span)), max(span))
+                per["psnr"].append(_to_psnr(_interp(sx, [_to_mse(r["samples"][s]["psnr"]) for r in mrows], at)))
+                for metric in ("ssim", "latent_rmse"):
+                    per[metric].append(_interp(sx, [r["samples"][s][metric] for r in mrows], at))
+            for metric in _METRICS:
+                entry[metric] = _mean(per[metric])
+                entry["spread" if metric == "psnr" else f"spread_{metric}"] = _std(per[metric])
             table[method] = entry
         out[f"{f:g}"] = table
     return out

@@ -57,14 +57,17 @@ def _row(method, nfe, psnr_by_sample):
 
 
 def test_matched_values_spread_and_not_reached():
-    rows = [_row("none", 1.0, [100, 100]), _row("a", 0.4, [30, 34]), _row("a", 0.8, [50, 54]), _row("b", 0.6, [40, 40]),
-            _row("b", 0.9, [45, 45])]
+    rows = [_row("none", 1.0, [100, 100]), _row("a", 0.4, [30, 30]), _row("a", 0.8, [50, 50]), _row("b", 0.6, [40, 40]),
+            _row("b", 0.9, [45, 45]), _row("c", 0.6, [20, 40]), _row("c", 1.0, [100, 100])]
     table = matched(rows, (0.5, 0.7))
-    # a at 0.5: samples 30→50 and 34→54 interpolate to 35 and 39: mean 37, std 2
-    assert table["0.5"]["a"]["psnr"] == pytest.approx(37.0)
-    assert table["0.5"]["a"]["spread"] == pytest.approx(2.0)
+    # a at 0.5, a quarter of the way from 0.4 to 0.8, in MSE: 0.75·1e-3 + 0.25·1e-5 = 7.525e-4 -> 31.235 dB
+    assert table["0.5"]["a"]["psnr"] == pytest.approx(-10 * np.log10(7.525e-4))
+    assert table["0.5"]["a"]["spread"] == pytest.approx(0.0)
     assert table["0.5"]["b"]["reached"] is False and table["0.5"]["b"]["psnr"] is None
-    assert table["0.7"]["b"]["psnr"] == pytest.approx(40 + 5 / 3)
+    # c at 0.7 runs towards identical output (MSE 0) at 1.0: MSE 0.75 x (1e-2, 1e-4) -> 21.25 and 41.25 dB,
+    # not a straight line towards the 100 dB cap
+    assert table["0.7"]["c"]["psnr"] == pytest.approx(-10 * np.log10(0.75) + 30.0)
+    assert table["0.7"]["c"]["spread"] == pytest.approx(10.0)
     assert "none" not in table["0.5"]
 
 
