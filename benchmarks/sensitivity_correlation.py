@@ -7,7 +7,9 @@ For every (reference step i, lag k) in `cache_errors` the score is the paper's
 S = J_x(t_i)·‖x_{i+k} − x_i‖ + J_t(t_i)·|t_{i+k} − t_i| with J from the trajectory (or
 reference) estimator at the reference step i; it is compared with the measured residual-reuse
 error (the error SenCache makes) and the plain output-reuse error, by Spearman ρ, per split and
-per lag; plus how large output reuse's error is against residual reuse's (median ratio).
+per lag; plus how large output reuse's error is against residual reuse's (median ratio), and at
+lag 1 the peers' signals (TeaCache's modulated-input change, the first-block residual change,
+MagCache's |1 − ratio|) against the same error.
 """
 
 from __future__ import annotations
@@ -46,6 +48,19 @@ def report(frame: pd.DataFrame) -> list[str]:
     return lines
 
 
+def peer_report(store, frame: pd.DataFrame) -> list[str]:
+    """Lag 1 only: the peers' signals of step i+1 (change from step i) against the same error."""
+    steps = store.steps()[["run_id", "step", "teacache_signal", "first_block_change", "mag_ratio"]].copy()
+    steps["step"] -= 1  # the signal at i+1 describes the change since i: align it with reference step i
+    lag1 = frame[frame["lag"] == 1].merge(steps, on=["run_id", "step"], how="inner")
+    lag1["mag_deviation"] = (1.0 - lag1["mag_ratio"]).abs()
+    lines = ["lag 1, Spearman ρ with the residual-reuse error (same rows):"]
+    for name in ("score", "teacache_signal", "first_block_change", "mag_deviation"):
+        ok = lag1[[name, "residual_error"]].dropna()
+        lines.append(f"  {name:>20}: {_rho(ok[name], ok['residual_error']):.3f}  (n={len(ok)})")
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="toy-wan")
@@ -72,9 +87,11 @@ def main() -> None:
     with CalibrationStore(args.db, read_only=True) as store:
         frame = scored_errors(store, args.estimator)
         n_runs = len(store.runs())
+        peers = peer_report(store, frame)
     print(f"{args.model}: {n_runs} runs x {args.steps} steps, estimator {args.estimator}, lags 1..{args.k_max}; "
           "S = J_x(t_i)·Δx + J_t(t_i)·Δt")
     print("\n".join(report(frame)))
+    print("\n".join(peers))
 
 
 if __name__ == "__main__":
