@@ -8,9 +8,9 @@ Each `_add_<command>` function below owns one sub-command: its parser and its on
 from __future__ import annotations
 
 import argparse
+import inspect
 import logging
 import sys
-import textwrap
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -23,7 +23,7 @@ Handler = Callable[[argparse.Namespace], int | None]
 
 def _command(sub: argparse._SubParsersAction, name: str, handler: Handler, doc: str) -> argparse.ArgumentParser:
     """Add a sub-command whose `--help` is `doc` (first line: summary; the rest: an example)."""
-    doc = textwrap.dedent(doc).strip()
+    doc = inspect.cleandoc(doc)
     parser = sub.add_parser(
         name,
         help=doc.splitlines()[0],
