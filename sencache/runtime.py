@@ -55,6 +55,8 @@ class _Runtime:
         self.pipe = pipe
         self.point_name = point_name
         self.schedule: np.ndarray | None = None
+        self._schedule_source: Any = None
+        self._schedule_array: np.ndarray | None = None
         self.trajectory: _Trajectory | None = None
         self.mask: torch.Tensor | None = None
         self.last_report: RunReport | None = None
@@ -65,7 +67,10 @@ class _Runtime:
         if self.pipe is not None and getattr(self.pipe, "scheduler", None) is not None:
             ts = getattr(self.pipe.scheduler, "timesteps", None)
             if ts is not None and len(ts):
-                return np.asarray(torch.as_tensor(ts).detach().float().cpu(), dtype=np.float64)
+                if ts is not self._schedule_source:  # convert once per `set_timesteps`, not per call
+                    self._schedule_source = ts
+                    self._schedule_array = np.asarray(torch.as_tensor(ts).detach().float().cpu(), dtype=np.float64)
+                return self._schedule_array
         if self.schedule is not None:
             return self.schedule
         raise SenCacheError(
