@@ -54,19 +54,7 @@ class Objective(Protocol):
 
 def rule_params_for(predictor: Predictor, table: SensitivityTable, point: OperatingPoint) -> RuleParams:
     """The rule's parameters for a predictor, a sensitivity table and an operating point."""
-    t = np.asarray(table.timesteps, dtype=np.float64)
-    order = np.argsort(t)
-    return RuleParams(
-        a=float(predictor.a),
-        b=float(predictor.b),
-        c=float(predictor.c),
-        sens_t=t[order],
-        sens_jx=np.asarray(table.J_x, dtype=np.float64)[order],
-        sens_jt=np.asarray(table.J_t, dtype=np.float64)[order],
-        eps=point.eps,
-        max_skips=int(point.max_skips),
-        zones=point.zones,
-    )
+    return RuleParams.from_parts(predictor, table, point)
 
 
 # --- replay -----------------------------------------------------------------------------------
