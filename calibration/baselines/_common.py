@@ -97,6 +97,18 @@ class BaselineHandle:
 _SIGNATURES: dict[type, inspect.Signature] = {}
 
 
+def report_mask(handle: Any) -> Callable[[], np.ndarray | None]:
+    """A `computed_mask` for a SenCache handle: the last call's mask, None before any call."""
+
+    def mask() -> np.ndarray | None:
+        try:
+            return handle.report().computed
+        except RuntimeError:
+            return None
+
+    return mask
+
+
 def bind_args(module: torch.nn.Module, args: tuple, kwargs: dict) -> dict[str, Any]:
     """A module call's arguments by name (positional ones included)."""
     sig = _SIGNATURES.get(type(module))

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 import sencache
-from calibration.baselines._common import BaselineHandle, bind_args, transformer_of
+from calibration.baselines._common import BaselineHandle, bind_args, report_mask, transformer_of
 from policies import SensitivityTable, config_fingerprint, paper_policy
 from sencache.norms import rms_diff
 
@@ -110,14 +110,8 @@ def apply_sencache_paper(pipe: Any, knob: float, sensitivity: SensitivityTable, 
     )
     runtime = sencache.apply(pipe, policy)
 
-    def mask() -> np.ndarray | None:
-        try:
-            return runtime.report().computed
-        except RuntimeError:
-            return None
-
     return BaselineHandle(
-        "sencache-paper", eps_late, remove=lambda: sencache.remove(pipe), computed_mask=mask,
+        "sencache-paper", eps_late, remove=lambda: sencache.remove(pipe), computed_mask=report_mask(runtime),
         config={"a": 1.0, "b": 1.0, "c": 0.0, "eps_early": eps_late * EARLY_RATIO, "eps_late": eps_late,
                 "early_fraction": 0.2, "max_skips": max_skips, "sensitivity": sensitivity.estimator},
     )

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 import sencache
-from calibration.baselines._common import BaselineHandle, transformer_of
+from calibration.baselines._common import BaselineHandle, report_mask, transformer_of
 from policies import Policy, PolicyError, config_fingerprint
 
 __all__ = ["apply_sencache", "parse_knob", "policy_knobs", "scaled_policy"]
@@ -61,13 +61,7 @@ def apply_sencache(pipe: Any, knob: str, policy: Policy, strict: bool = True) ->
     name, scale = parse_knob(knob)
     runtime = sencache.apply(pipe, scaled_policy(policy, name, scale), operating_point=name, strict=strict)
 
-    def mask() -> np.ndarray | None:
-        try:
-            return runtime.report().computed
-        except RuntimeError:
-            return None
-
     return BaselineHandle(
-        "sencache", str(knob), remove=lambda: sencache.remove(pipe), computed_mask=mask,
+        "sencache", str(knob), remove=lambda: sencache.remove(pipe), computed_mask=report_mask(runtime),
         config={"policy": policy.source, "operating_point": name, "eps_scale": scale},
     )
