@@ -68,6 +68,8 @@ def build_policy(result: dict[str, Any], data: Any, source: str = "<export>") ->
         "validation_objective": result.get("validation_objective", result.get("objective")),
         "predictor": {k: pred.get(k) for k in ("r2", "r2_log", "spearman", "n_test", "validation", "loss")},
         "operating_points": {p["name"]: p.get("validation") for p in result["operating_points"]},
+        # "search": the searched ε curve; "uniform": evenly spaced skipping won on the calib runs
+        "origins": {p["name"]: p.get("origin", "search") for p in result["operating_points"] if "target_nfe_fraction" in p},
         "references": result.get("references"),
         "predictor_comparison": [{k: row.get(k) for k in ("name", "spearman", "r2")} for row in result.get("predictor_comparison", [])],
     }

@@ -139,3 +139,45 @@ def test_refine_scales_a_point_to_its_target(synth):
     refined, nfe, err = _refine(objective, Predictor(), point, start.nfe_fraction, start.error, 0.5, evals=8)
     assert 0.5 - 0.1 <= nfe <= 0.5 + NFE_TOLERANCE
     assert objective.evaluate(Predictor(), refined).nfe_fraction == pytest.approx(nfe)
+
+
+def test_a_point_never_ships_worse_than_evenly_spaced_skipping_on_calib(synth):
+    # One front "trial" whose ε is far below every score (computes every step, NFE 1, so it cannot
+    # be refined below 0.5 with 0 evaluations): the only candidate at or under the target is
+    # evenly spaced skipping, which must then be chosen and say so.
+    from calibration.fit import NFE_TOLERANCE, _choose_points
+
+    objective = _replay(synth)
+    space = SearchSpace(knots=8, log_lo=-12.0, log_hi=2.0, num_steps=int(load_fit_data(synth).num_steps))
+    params = {f"log_eps_{k}": -12.0 for k in range(8)} | {"max_skips": 1, "warmup": 0, "final": 0}
+    trial = optuna.trial.create_trial(params={}, distributions={}, values=[0.0, 1.0])
+    trial.params.update(params)  # FrozenTrial.params is a plain dict
+    chosen = _choose_points([trial], space, {"balanced": 0.5}, objective, Predictor(), refine_evals=0)
+    (point,) = chosen
+    even = objective.evaluate(Predictor(), uniform_point(0.5, space.num_steps))
+    assert point["origin"] == "uniform" and point["trial"] is None
+    assert point["calib"]["nfe_fraction"] == pytest.approx(even.nfe_fraction)
+    assert even.nfe_fraction <= 0.5 + NFE_TOLERANCE
+    assert point["calib"]["error"] == pytest.approx(even.error)
+
+
+def test_a_searched_point_that_beats_uniform_is_kept(synth):
+    # ε far above every score with K = 1 and no zones skips every other step (NFE ~0.5) exactly like
+    # a uniform schedule, up to which steps; whichever has the lower calib error is
+    # chosen, and the choice's origin matches the lower error.
+    from calibration.fit import _choose_points
+
+    objective = _replay(synth)
+    n = int(load_fit_data(synth).num_steps)
+    space = SearchSpace(knots=8, log_lo=-12.0, log_hi=12.0, num_steps=n)
+    params = {f"log_eps_{k}": 12.0 for k in range(8)} | {"max_skips": 1, "warmup": 0, "final": 0}
+    searched = objective.evaluate(Predictor(), point_from_params(params, space))
+    trial = optuna.trial.create_trial(params={}, distributions={}, values=[searched.error, searched.nfe_fraction])
+    trial.params.update(params)
+    target = searched.nfe_fraction  # both candidates then compute at most the target
+    (point,) = _choose_points([trial], space, {"balanced": target}, objective, Predictor(), refine_evals=0)
+    even = objective.evaluate(Predictor(), uniform_point(target, n))
+    assert even.nfe_fraction <= target
+    assert point["calib"]["error"] == pytest.approx(min(searched.error, even.error))
+    # a tie (the same mask) goes to uniform: the smaller claim
+    assert point["origin"] == ("uniform" if even.error <= searched.error else "search")
