@@ -81,19 +81,21 @@ def mapping(value: Any, where: Where) -> Mapping:
     return value
 
 
-def check_keys(value: Any, where: Where, required: Sequence[str]) -> Mapping:
-    """The value as an object that has exactly the `required` keys: names a missing or unknown one."""
+def check_keys(value: Any, where: Where, required: Sequence[str], optional: Sequence[str] = ()) -> Mapping:
+    """The value as an object that has every `required` key, and no key outside `required` and
+    `optional`: names a missing or unknown one."""
     obj = mapping(value, where)
     for key in required:
         if key not in obj:
             where.at(key).fail(
                 "is missing", f"add the field `{key}` (version 1 needs: {', '.join(required)})"
             )
+    known = tuple(required) + tuple(optional)
     for key in obj:
-        if key not in required:
+        if key not in known:
             where.at(key).fail(
                 "is not a field of the version 1 format",
-                f"remove it or check its spelling (known fields: {', '.join(required)})",
+                f"remove it or check its spelling (known fields: {', '.join(known)})",
             )
     return obj
 

@@ -20,7 +20,12 @@ from typing import Any
 from policies._fields import Where, check_keys, nonneg_int, number, optional_number, text
 from policies.tables import EpsSchedule
 
-__all__ = ["OperatingPoint", "zone_steps"]
+__all__ = ["FORECASTS", "OperatingPoint", "zone_steps"]
+
+#: What a skipped step reuses: "none" the last computed residual as is (the paper's rule);
+#: "linear" that residual extrapolated along the line through the sample's last two computed
+#: residuals, in timestep units (a first-order forecast, as TaylorSeer does for features).
+FORECASTS = ("none", "linear")
 
 _ZONE_FIX = "write an integer count of steps (e.g. 2) or a fraction of the steps in (0, 1) (e.g. 0.1)"
 
@@ -62,6 +67,11 @@ class OperatingPoint:
         expected_nfe_fraction (`float` or `None`): fraction of block-stack evaluations measured
             at fit time, in (0, 1]; None when not measured (e.g. the paper policy).
         expected_error (`float` or `None`): final-output error measured at fit time, >= 0.
+        forecast (`str`, defaults to `"none"`): what a skipped step reuses (`FORECASTS`).
+            ``"linear"`` extrapolates the residual from the sample's last two computed steps:
+            at the same steps skipped it is usually closer to full compute, at the cost of one
+            more cached residual per cache context. Optional in the file; written only when
+            not ``"none"``, so files without it read as before.
     """
 
     name: str
@@ -71,10 +81,12 @@ class OperatingPoint:
     final_steps: int | float = 0
     expected_nfe_fraction: float | None = None
     expected_error: float | None = None
+    forecast: str = "none"
     _where: InitVar[Where | None] = None
 
     KEYS = ("name", "eps", "max_skips", "warmup_steps", "final_steps",
             "expected_nfe_fraction", "expected_error")
+    OPTIONAL_KEYS = ("forecast",)
 
     def __post_init__(self, _where: Where | None) -> None:
         where = _where if _where is not None else Where("<code>", "operating_point")
@@ -97,18 +109,24 @@ class OperatingPoint:
         err = optional_number(self.expected_error, where.at("expected_error"))
         object.__setattr__(self, "expected_nfe_fraction", nfe)
         object.__setattr__(self, "expected_error", err)
+        forecast = text(self.forecast, where.at("forecast"))
+        if forecast not in FORECASTS:
+            where.at("forecast").fail(f"unknown forecast {forecast!r}", f"use one of: {', '.join(FORECASTS)}")
+        object.__setattr__(self, "forecast", forecast)
 
     @classmethod
     def from_dict(cls, data: Any, where: Where | None = None) -> OperatingPoint:
         where = where or Where("<dict>", "operating_point")
-        obj = check_keys(data, where, cls.KEYS)
+        obj = check_keys(data, where, cls.KEYS, cls.OPTIONAL_KEYS)
         eps = EpsSchedule.from_dict(obj["eps"], where.at("eps"))
-        kwargs = {key: obj[key] for key in cls.KEYS if key != "eps"}
+        kwargs = {key: obj[key] for key in cls.KEYS + cls.OPTIONAL_KEYS if key != "eps" and key in obj}
         return cls(eps=eps, **kwargs, _where=where)
 
     def to_dict(self) -> dict[str, Any]:
         out = {key: getattr(self, key) for key in self.KEYS}
         out["eps"] = self.eps.to_dict()
+        if self.forecast != "none":
+            out["forecast"] = self.forecast
         return out
 
     @property

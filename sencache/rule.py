@@ -40,6 +40,7 @@ class RuleParams:
     eps: Callable[[float], float]
     max_skips: int
     zones: Callable[[int], tuple[int, int]]
+    forecast: str = "none"
 
     @classmethod
     def from_parts(cls, predictor: Any, table: Any, point: Any) -> RuleParams:
@@ -56,6 +57,7 @@ class RuleParams:
             eps=point.eps,
             max_skips=int(point.max_skips),
             zones=point.zones,
+            forecast=str(getattr(point, "forecast", "none")),
         )
 
     def sensitivities(self, t_ref: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

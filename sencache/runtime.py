@@ -39,8 +39,12 @@ class _Trajectory:
     step: int = -1
     ref_x: torch.Tensor | None = None
     ref_t: torch.Tensor | None = None
+    #: each row's timestep at the computed step before its last one (NaN: none yet)
+    prev_t: torch.Tensor | None = None
     skips_in_row: torch.Tensor | None = None
     decisions: dict[int, Decision] = field(default_factory=dict)
+    #: per step, the skipped rows' forecast weights (forecast "linear" only)
+    weights: dict[int, torch.Tensor] = field(default_factory=dict)
     step_t: dict[int, float] = field(default_factory=dict)
     block_rows: dict[str, int] = field(default_factory=dict)
     samples_halved: bool = False
@@ -59,6 +63,7 @@ class _Runtime:
         self._schedule_array: np.ndarray | None = None
         self.trajectory: _Trajectory | None = None
         self.mask: torch.Tensor | None = None
+        self.weights: torch.Tensor | None = None
         self.last_report: RunReport | None = None
         self.reset_residuals = lambda: None
 
@@ -96,9 +101,11 @@ class _Runtime:
             traj = self._new_trajectory(total, schedule)
         if step == traj.step and step in traj.decisions and traj.decisions[step].compute.shape[0] == x.shape[0]:
             self.mask = traj.decisions[step].compute
+            self.weights = traj.weights.get(step)
             return
         if step == traj.step and step in traj.decisions:
             self.mask = None  # another batch size in this step: compute every row, decide nothing
+            self.weights = None
             return
         t_rows = t.detach().float().reshape(-1)
         if t_rows.numel() != x.shape[0]:
@@ -107,12 +114,17 @@ class _Runtime:
         compute = decision.compute
         if traj.ref_x is None or traj.ref_x.shape[0] != x.shape[0]:
             traj.ref_x, traj.ref_t = x.detach().clone(), t_rows.clone()
+            traj.prev_t = torch.full_like(t_rows, float("nan"))
             traj.skips_in_row = torch.zeros(x.shape[0], dtype=torch.long)
         else:
             rows = compute.to(x.device)
             traj.ref_x = torch.where(rows.view(-1, *([1] * (x.ndim - 1))), x.detach(), traj.ref_x)
+            traj.prev_t = torch.where(compute.to(t_rows.device), traj.ref_t, traj.prev_t)
             traj.ref_t = torch.where(compute.to(t_rows.device), t_rows, traj.ref_t)
             traj.skips_in_row = torch.where(compute, torch.zeros_like(traj.skips_in_row), traj.skips_in_row + 1)
+        self.weights = None
+        if self.params.forecast == "linear" and not bool(compute.all()):
+            self.weights = traj.weights[step] = forecast_weights(t_rows, traj.ref_t, traj.prev_t, compute)
         traj.step = step
         traj.decisions[step] = decision
         traj.step_t[step] = float(t_rows[0])
@@ -140,6 +152,12 @@ class _Runtime:
         if mask is None or mask.shape[0] != batch:
             return None
         return mask
+
+    def forecast_weights(self, context: str, batch: int) -> torch.Tensor | None:
+        weights = self.weights
+        if weights is None or self.mask is None or weights.shape[0] != batch:
+            return None
+        return weights
 
     def stack_ran(self, context: str, rows: int, batch: int) -> None:
         if self.trajectory is not None:
@@ -175,6 +193,20 @@ class _Runtime:
                 reasons[b][i] = d.reasons[b]
         timesteps = np.array([traj.step_t.get(i, np.nan) for i in range(n)])
         return RunReport(computed, scores, thresholds, reasons, timesteps, dict(traj.block_rows), self.point_name)
+
+
+def forecast_weights(t: torch.Tensor, ref_t: torch.Tensor, prev_t: torch.Tensor, compute: torch.Tensor) -> torch.Tensor:
+    """Per row, how far along the line through its last two computed residuals step t lies.
+
+    ``w = (t − t_r) / (t_r − t_r')`` with ``t_r`` the row's last computed timestep and ``t_r'`` the
+    one before: the skipped step reuses ``R_r + w·(R_r − R_r')``. Timesteps rather than step
+    indices, because shifted schedules space their steps unevenly. 0 where a row has computed
+    only once, where the two timesteps coincide, and on computing rows.
+    """
+    span = ref_t - prev_t
+    ok = torch.isfinite(span) & (span.abs() > 1e-12) & ~compute.to(span.device)
+    w = torch.where(ok, (t - ref_t) / torch.where(ok, span, torch.ones_like(span)), torch.zeros_like(span))
+    return w.float()
 
 
 class _ContextState(BaseState):

@@ -42,13 +42,19 @@ class StackController(Protocol):
     def stack_ran(self, context: str, rows: int, batch: int) -> None:
         """Called after the blocks ran on `rows` of `batch` rows in `context`."""
 
+    # Optional: `forecast_weights(context, batch) -> Tensor | None`, float [batch]: a skipped
+    # row reuses `R + w·(R − R_previous)` instead of `R` (see `_reuse`). Absent or None: plain reuse.
+
 
 class _ResidualState(BaseState):
     def __init__(self) -> None:
         self.residual: tuple[torch.Tensor, ...] | None = None
+        #: each row's residual at the computed step before its last one (for forecasting)
+        self.previous: tuple[torch.Tensor, ...] | None = None
 
     def reset(self) -> None:
         self.residual = None
+        self.previous = None
 
 
 @dataclass
@@ -66,6 +72,18 @@ def _bind(module: torch.nn.Module, fn: Any, args: tuple, kwargs: dict) -> dict[s
     if sig is None:
         sig = _SIGNATURES[type(module)] = inspect.signature(fn)
     return dict(sig.bind(*args, **kwargs).arguments)
+
+
+def _reuse(streams_in: tuple[torch.Tensor, ...], cached: tuple[torch.Tensor, ...],
+           previous: tuple[torch.Tensor, ...] | None, weights: torch.Tensor | None) -> list[torch.Tensor]:
+    """The skipped rows' stack output: `input + R`, or `input + R + w·(R − R_previous)`."""
+    if weights is None or previous is None:
+        return [s + r for s, r in zip(streams_in, cached)]
+    out = []
+    for s, r, p in zip(streams_in, cached, previous):
+        w = weights.to(device=r.device, dtype=r.dtype).view(-1, *([1] * (r.ndim - 1)))
+        out.append(s + r + w * (r - p))
+    return out
 
 
 def _slice(value: Any, index: torch.Tensor, batch: int) -> Any:
@@ -109,12 +127,18 @@ class _HeadHook(ModelHook):
             if cached is None or cached[0].shape[0] != batch:
                 logger.debug("no cached residual for context %r: computing every row", context)
                 mask = None
+        previous = state.previous if state.previous is not None and cached is not None \
+            and state.previous[0].shape[0] == batch else None
+        weigh = getattr(self.controller, "forecast_weights", None)
+        weights = weigh(context, batch) if weigh is not None and mask is not None else None
         if mask is not None and not bool(mask.any()):
             self.controller.stack_ran(context, 0, batch)
-            return self.adapter.as_output(tuple(s + r for s, r in zip(streams_in, cached)))
+            return self.adapter.as_output(tuple(_reuse(streams_in, cached, previous, weights)))
 
         if mask is None or bool(mask.all()):
             streams_out = self._run_stack(module, named)
+            fresh = cached is not None and cached[0].shape[0] == batch
+            state.previous = cached if fresh else None
             state.residual = tuple(o - i for o, i in zip(streams_out, streams_in))
             self.controller.stack_ran(context, batch, batch)
             return self.adapter.as_output(streams_out)
@@ -123,12 +147,17 @@ class _HeadHook(ModelHook):
         sub = {k: (v if k in self.adapter.unbatched_block_args else _slice(v, index, batch)) for k, v in named.items()}
         sub_out = self._run_stack(module, sub)
         sub_in = self.adapter.stream_inputs(sub)
-        residual, out = [], []
-        for s_in, r_old, o_sub, i_sub in zip(streams_in, cached, sub_out, sub_in):
+        reused = _reuse(streams_in, cached, previous, weights)
+        residual, out, prior = [], [], []
+        for k, (s_in, r_old, o_sub, i_sub) in enumerate(zip(streams_in, cached, sub_out, sub_in)):
             dev_index = index.to(s_in.device)
             residual.append(r_old.index_copy(0, dev_index, o_sub - i_sub))
-            out.append((s_in + r_old).index_copy(0, dev_index, o_sub))
+            out.append(reused[k].index_copy(0, dev_index, o_sub))
+            # the computing rows' old residual becomes their previous one; the others keep theirs
+            base = previous[k] if previous is not None else r_old
+            prior.append(base.index_copy(0, dev_index, r_old.index_select(0, dev_index)))
         state.residual = tuple(residual)
+        state.previous = tuple(prior)
         self.controller.stack_ran(context, int(index.numel()), batch)
         return self.adapter.as_output(tuple(out))
 

@@ -153,3 +153,25 @@ def test_policy_of_another_model_is_refused_or_warned():
         sencache.apply(loaded.pipe, other, strict=False)
     assert any("fingerprint" in str(w.message) for w in caught)
     sencache.remove(loaded.pipe)
+
+
+def test_linear_forecast_skips_the_same_steps_and_moves_the_output(tiny):
+    from dataclasses import replace
+
+    from policies import Policy
+
+    plain = policy_for(tiny, 1e9, K=2)
+    data = plain.to_dict()
+    data["operating_points"][0]["forecast"] = "linear"
+    linear = Policy.from_dict(data)
+    assert replace(linear.operating_point(), forecast="none") == plain.operating_point()
+    handle = sencache.apply(tiny.pipe, plain)
+    out_plain = generate(tiny, "a blue square", num_inference_steps=8)
+    mask_plain = handle.report().computed.copy()
+    handle = sencache.apply(tiny.pipe, linear)
+    out_linear = generate(tiny, "a blue square", num_inference_steps=8)
+    # K = 2, ε above every score: compute, skip, skip, compute, ... in both runs
+    assert handle.report().computed.tolist() == mask_plain.tolist()
+    assert mask_plain[0].tolist() == [True, False, False, True, False, False, True, False]
+    assert not torch.equal(out_linear, out_plain)
+    sencache.remove(tiny.pipe)

@@ -111,3 +111,71 @@ def test_unsupported_transformer_lists_the_supported_ones():
     with pytest.raises(InputError, match="WanTransformer3DModel.*supported|supported.*WanTransformer3DModel"):
         adapter_for(torch.nn.Linear(2, 2))
     assert "Dummy" not in ADAPTERS
+
+
+class TimeBlock(torch.nn.Module):
+    """hidden + k·t: the stack (1, 2) adds 3·t, so its residual is a straight line in t."""
+
+    def __init__(self, k: float) -> None:
+        super().__init__()
+        self.k = k
+        self.calls = 0
+
+    def forward(self, hidden_states, temb):
+        self.calls += hidden_states.shape[0]
+        return hidden_states + self.k * temb.view(-1, 1)
+
+
+class TimeDummy(Dummy):
+    def __init__(self) -> None:
+        super().__init__()
+        self.blocks = torch.nn.ModuleList([TimeBlock(1.0), TimeBlock(2.0)])
+
+
+class Forecasting(Fixed):
+    """A controller that also hands out preset forecast weights."""
+
+    def __init__(self):
+        super().__init__()
+        self.weights = None
+
+    def forecast_weights(self, context, batch):
+        return self.weights
+
+
+def test_linear_forecast_extrapolates_the_last_two_residuals():
+    model, control = TimeDummy(), Forecasting()
+    install_stack(model, ADAPTER, control)
+    model(torch.tensor([[0.0]]), torch.tensor([10.0]))  # residual 3·10 = 30
+    model(torch.tensor([[0.0]]), torch.tensor([8.0]))  # residual 24, previous 30
+    control.mask, control.weights = torch.tensor([False]), torch.tensor([1.0])
+    # skipped at t = 6 with w = (6 − 8)/(8 − 10) = 1: 5 + 24 + 1·(24 − 30) = 23 (= 5 + 3·6, exact
+    # because the residual is linear in t); plain reuse would give 5 + 24 = 29
+    assert model(torch.tensor([[5.0]]), torch.tensor([6.0])).item() == 23.0
+    control.weights = None
+    assert model(torch.tensor([[5.0]]), torch.tensor([6.0])).item() == 29.0
+    assert [b.calls for b in model.blocks] == [2, 2]
+
+
+def test_forecast_in_a_sub_batch_keeps_each_rows_history():
+    model, control = TimeDummy(), Forecasting()
+    hooks = install_stack(model, ADAPTER, control)
+    model(torch.zeros(2, 1), torch.tensor([10.0, 10.0]))  # residuals 30, 30
+    control.mask = torch.tensor([True, False])
+    # row 0 computes at t = 8 (residual 24, previous 30); row 1 skips, w = 0: 0 + 30
+    assert model(torch.zeros(2, 1), torch.tensor([8.0, 8.0])).flatten().tolist() == [24.0, 30.0]
+    assert hooks.head.residual_state().previous[0].flatten().tolist() == [30.0, 30.0]
+    control.mask, control.weights = torch.tensor([False, False]), torch.tensor([1.0, 0.0])
+    # row 0: 24 + 1·(24 − 30) = 18; row 1 has one computed residual only: 30
+    assert model(torch.zeros(2, 1), torch.tensor([6.0, 6.0])).flatten().tolist() == [18.0, 30.0]
+
+
+def test_forecast_weights_follow_the_timesteps():
+    from sencache.runtime import forecast_weights
+
+    t = torch.tensor([6.0, 6.0, 6.0, 6.0])
+    ref = torch.tensor([8.0, 8.0, 8.0, 6.0])
+    prev = torch.tensor([10.0, float("nan"), 8.0, 8.0])
+    compute = torch.tensor([False, False, False, True])
+    # row 0: (6−8)/(8−10) = 1; row 1: no earlier compute; row 2: 8 − 8 = 0 span; row 3 computes
+    assert forecast_weights(t, ref, prev, compute).tolist() == [1.0, 0.0, 0.0, 0.0]
