@@ -21,6 +21,7 @@ import inspect
 import json
 import logging
 import math
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -160,8 +161,8 @@ class _Objectives:
 
 def _scaled(point: OperatingPoint, log_m: float, name: str) -> OperatingPoint:
     values = tuple(float(v) * math.exp(log_m) for v in point.eps.values)
-    return OperatingPoint(name, EpsSchedule(point.eps.positions, values), point.max_skips,
-                          point.warmup_steps, point.final_steps)
+    return replace(point, name=name, eps=EpsSchedule(point.eps.positions, values),
+                   expected_nfe_fraction=None, expected_error=None)
 
 
 def _refine(objective: Objective, predictor: Predictor, point: OperatingPoint, nfe: float, error: float,
@@ -215,11 +216,12 @@ def _choose_points(front: list[optuna.trial.FrozenTrial], space: SearchSpace, ta
             point = point_from_params(trial.params, space, name)
             refined, nfe, err = _refine(objective, predictor, point, trial.values[1], trial.values[0], target, refine_evals)
             options.append((nfe > target + NFE_TOLERANCE, err, -nfe, order, "search", trial.number, refined, nfe))
-        even = uniform_point(target, space.num_steps, name)
-        measured = objective.evaluate(predictor, even)
-        # order -1: on a tie (the same mask) the simpler claim wins
-        options.append((measured.nfe_fraction > target + NFE_TOLERANCE, measured.error, -measured.nfe_fraction, -1,
-                        "uniform", None, even, measured.nfe_fraction))
+        for forecast in space.forecasts:
+            even = replace(uniform_point(target, space.num_steps, name), forecast=forecast)
+            measured = objective.evaluate(predictor, even)
+            # order -1: on a tie (the same mask) the simpler claim wins
+            options.append((measured.nfe_fraction > target + NFE_TOLERANCE, measured.error, -measured.nfe_fraction,
+                            -1, "uniform", None, even, measured.nfe_fraction))
         over, err, _, _, origin, number, point, nfe = min(options, key=lambda o: o[:4])
         if over:
             logger.warning("no point computes <= %.2f of the steps; %r computes %.2f", target, name, nfe)
@@ -302,7 +304,9 @@ def fit(
 
     calib = pairs[pairs["split"] == "calib"]
     scores = predictor.a * calib["u"] + predictor.b * calib["v"] + predictor.c
-    space = SearchSpace.from_scores(scores.to_numpy(np.float64), knots, data.num_steps)
+    # Forecasting is searched only where trials re-run the model: the store measured plain reuse.
+    forecasts = ("none", "linear") if kind == "rerun" else ("none",)
+    space = SearchSpace.from_scores(scores.to_numpy(np.float64), knots, data.num_steps, forecasts=forecasts)
     gains = data.gain_curve()
     knot_gain = None if gains is None else np.interp(space.positions, *gains)
     typical = float(np.nanmedian(scores[calib["lag"] == 1])) if (calib["lag"] == 1).any() else float(np.nanmedian(scores))
@@ -310,7 +314,7 @@ def fit(
     objectives = _Objectives(kind, data, table, model)
     calib_obj = objectives.for_split("calib")
     # The store's digest in the name: the same store resumes its study, a changed one starts afresh.
-    study_name = f"sencache-fit-{kind}-k{knots}-s{seed}-{(data.digest or 'nodigest')[:12]}"
+    study_name = f"sencache-fit-{kind}-k{knots}-f{len(forecasts)}-s{seed}-{(data.digest or 'nodigest')[:12]}"
     study = open_study(_storage(storage, data.path), seed, study_name)
     paper_ratio = _paper_ratio(pairs, predictor)
     starts = warm_starts(space, typical, knot_gain, paper_levels=(0.1 * paper_ratio, 0.2 * paper_ratio))

@@ -9,7 +9,9 @@ Search space (one trial = one operating point):
 * ``max_skips`` K ∈ {1, …, 4};
 * ``warmup`` and ``final``: always-compute steps at the start and the end, 0 … ⌈0.4·N⌉ and
   0 … ⌈0.25·N⌉ for the calibration step count N, exported as fractions of N so that the policy
-  serves any step count.
+  serves any step count;
+* ``forecast`` ∈ {none, linear} when the objective re-runs the model (replay has measured only
+  plain reuse, so it searches ``none`` alone): what a skipped step reuses.
 
 Objectives: minimise (final-output error, fraction of steps computed). TPE (Optuna's
 multi-objective TPE) seeded by ``seed``: with few trials it beats NSGA-II, whose first
@@ -50,6 +52,7 @@ class SearchSpace:
     log_hi: float
     num_steps: int
     max_k: int = 4
+    forecasts: tuple[str, ...] = ("none",)
 
     def __post_init__(self) -> None:
         if not 2 <= self.knots <= 32:
@@ -70,7 +73,8 @@ class SearchSpace:
         return max(1, math.ceil(0.25 * self.num_steps))
 
     @classmethod
-    def from_scores(cls, scores: np.ndarray, knots: int, num_steps: int, max_k: int = 4) -> SearchSpace:
+    def from_scores(cls, scores: np.ndarray, knots: int, num_steps: int, max_k: int = 4,
+                    forecasts: tuple[str, ...] = ("none",)) -> SearchSpace:
         """Bracket the positive scores: ``[q01/10, q99·10]`` in log space."""
         s = np.asarray(scores, dtype=np.float64)
         s = s[np.isfinite(s) & (s > 0)]
@@ -80,11 +84,11 @@ class SearchSpace:
             lo, hi = float(np.quantile(s, 0.01)) / 10.0, float(np.quantile(s, 0.99)) * 10.0
         if hi <= lo:
             hi = lo * 100.0
-        return cls(knots, math.log(lo), math.log(hi), int(num_steps), max_k)
+        return cls(knots, math.log(lo), math.log(hi), int(num_steps), max_k, tuple(forecasts))
 
     def to_dict(self) -> dict[str, Any]:
         return {"knots": self.knots, "eps_range": [math.exp(self.log_lo), math.exp(self.log_hi)],
-                "num_steps": self.num_steps, "max_k": self.max_k,
+                "num_steps": self.num_steps, "max_k": self.max_k, "forecasts": list(self.forecasts),
                 "max_warmup": self.max_warmup, "max_final": self.max_final}
 
 
@@ -95,6 +99,8 @@ def _suggest(trial: optuna.Trial, space: SearchSpace) -> dict[str, Any]:
     params["max_skips"] = trial.suggest_int("max_skips", 1, space.max_k)
     params["warmup"] = trial.suggest_int("warmup", 0, space.max_warmup)
     params["final"] = trial.suggest_int("final", 0, space.max_final)
+    if len(space.forecasts) > 1:
+        params["forecast"] = trial.suggest_categorical("forecast", list(space.forecasts))
     return params
 
 
@@ -111,6 +117,7 @@ def point_from_params(params: dict[str, Any], space: SearchSpace, name: str = "c
         max_skips=int(params["max_skips"]),
         warmup_steps=_zone(int(params["warmup"]), space.num_steps),
         final_steps=_zone(int(params["final"]), space.num_steps),
+        forecast=str(params.get("forecast", space.forecasts[0])),
     )
 
 
@@ -138,8 +145,12 @@ def warm_starts(space: SearchSpace, typical_score: float, gain: np.ndarray | Non
         params = {f"log_eps_{i}": _clip(float(v), space) for i, v in enumerate(log_eps)}
         params.update(max_skips=min(k, space.max_k), warmup=min(warmup, space.max_warmup),
                       final=min(final, space.max_final))
-        if params not in out:
-            out.append(params)
+        # each start with every forecast, the last one of `forecasts` first (linear, when searched:
+        # at the same mask it measured closer to full compute on every toy)
+        for forecast in reversed(space.forecasts):
+            candidate = dict(params, forecast=forecast) if len(space.forecasts) > 1 else params
+            if candidate not in out:
+                out.append(candidate)
 
     top = np.full(space.knots, space.log_hi)
     n = space.num_steps

@@ -181,3 +181,28 @@ def test_a_searched_point_that_beats_uniform_is_kept(synth):
     assert point["calib"]["error"] == pytest.approx(min(searched.error, even.error))
     # a tie (the same mask) goes to uniform: the smaller claim
     assert point["origin"] == ("uniform" if even.error <= searched.error else "search")
+
+
+def test_forecast_is_searched_only_when_trials_rerun_the_model():
+    plain = SearchSpace(knots=8, log_lo=-3.0, log_hi=1.0, num_steps=20)
+    both = SearchSpace(knots=8, log_lo=-3.0, log_hi=1.0, num_steps=20, forecasts=("none", "linear"))
+    starts_plain = warm_starts(plain, 0.1, None)
+    starts_both = warm_starts(both, 0.1, None)
+    assert all("forecast" not in s for s in starts_plain)
+    # every plain start appears twice, linear first, and the points carry the forecast
+    assert len(starts_both) == 2 * len(starts_plain)
+    assert [s["forecast"] for s in starts_both[:2]] == ["linear", "none"]
+    assert point_from_params(starts_both[0], both).forecast == "linear"
+    assert point_from_params(starts_plain[0], plain).forecast == "none"
+
+
+def test_refine_keeps_the_forecast(synth):
+    from dataclasses import replace
+
+    from calibration.fit import _refine
+
+    objective = _replay(synth)
+    point = replace(OperatingPoint("p", EpsSchedule.constant(1e-4), max_skips=2), forecast="linear")
+    start = objective.evaluate(Predictor(), point)
+    refined, _, _ = _refine(objective, Predictor(), point, start.nfe_fraction, start.error, 0.5, evals=4)
+    assert refined.forecast == "linear" and refined.max_skips == 2
