@@ -217,7 +217,10 @@ def matched(rows: list[dict[str, Any]], fractions: tuple[float, ...]) -> dict[st
     samples, `spread` the standard deviation of PSNR (`spread_ssim`, `spread_latent_rmse` too).
     PSNR is interpolated as MSE, never in dB: identical outputs have an infinite (capped) PSNR,
     and a straight line towards the cap would invent quality. A method is "reached" at a
-    fraction when its mean-NFE curve spans it.
+    fraction when its mean-NFE curve spans it. `vs_uniform` is the paired difference in PSNR
+    against evenly spaced skipping, sample by sample (same prompt and seed), with its standard
+    error `vs_uniform_se`: prompts differ far more from each other than methods do, so the
+    unpaired spread hides differences that every single sample agrees on.
     """
     by_method: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
@@ -226,6 +229,7 @@ def matched(rows: list[dict[str, Any]], fractions: tuple[float, ...]) -> dict[st
     out: dict[str, dict[str, Any]] = {}
     for f in fractions:
         table: dict[str, Any] = {}
+        psnr_by_sample: dict[str, dict[int, float | None]] = {}
         for method, mrows in by_method.items():
             xs = [r["nfe_fraction"] for r in mrows]
             finite_xs = [x for x in xs if x is not None]
@@ -238,6 +242,7 @@ def matched(rows: list[dict[str, Any]], fractions: tuple[float, ...]) -> dict[st
                 table[method] = entry
                 continue
             per: dict[str, list[float | None]] = {m: [] for m in _METRICS}
+            by_sample = psnr_by_sample.setdefault(method, {})
             for s in range(len(mrows[0]["samples"])):
                 sx = [r["samples"][s]["nfe_fraction"] for r in mrows]
                 span = [x for x in sx if x is not None]
@@ -245,14 +250,30 @@ def matched(rows: list[dict[str, Any]], fractions: tuple[float, ...]) -> dict[st
                     continue
                 at = min(max(f, min(span)), max(span))
                 per["psnr"].append(_to_psnr(_interp(sx, [_to_mse(r["samples"][s]["psnr"]) for r in mrows], at)))
+                by_sample[s] = per["psnr"][-1]
                 for metric in ("ssim", "latent_rmse"):
                     per[metric].append(_interp(sx, [r["samples"][s][metric] for r in mrows], at))
             for metric in _METRICS:
                 entry[metric] = _mean(per[metric])
                 entry["spread" if metric == "psnr" else f"spread_{metric}"] = _std(per[metric])
             table[method] = entry
+        _paired(table, psnr_by_sample, "uniform")
         out[f"{f:g}"] = table
     return out
+
+
+def _paired(table: dict[str, Any], psnr_by_sample: dict[str, dict[int, float | None]], reference: str) -> None:
+    """Add `vs_<reference>` (mean per-sample PSNR difference) and its standard error to each entry."""
+    ref = psnr_by_sample.get(reference)
+    if not ref or not table.get(reference, {}).get("reached"):
+        return
+    for method, values in psnr_by_sample.items():
+        if method == reference or not table[method].get("reached"):
+            continue
+        diffs = [values[s] - ref[s] for s in values if s in ref and values[s] is not None and ref[s] is not None]
+        if diffs:
+            table[method][f"vs_{reference}"] = float(np.mean(diffs))
+            table[method][f"vs_{reference}_se"] = float(np.std(diffs) / np.sqrt(len(diffs)))
 
 
 def ranking(table: dict[str, Any]) -> list[str]:
@@ -372,16 +393,17 @@ def summary_markdown(result: dict[str, Any]) -> str:
     ]
     for f, table in result["matched"].items():
         lines += [f"## Matched at NFE fraction {f}", "",
-                  "| rank | method | PSNR (dB) ± spread | SSIM | latent RMSE | fidelity |",
-                  "|---:|---|---|---|---|---|"]
+                  "| rank | method | PSNR (dB) ± spread | vs uniform, paired (dB ± s.e.) | SSIM | latent RMSE | fidelity |",
+                  "|---:|---|---|---|---|---|---|"]
         order = ranking(table)
         for i, method in enumerate(order, 1):
             e = table[method]
-            lines.append(f"| {i} | {method} | {_fmt(e['psnr'])} ± {_fmt(e['spread'])} | {_fmt(e['ssim'], '.4f')} | "
-                         f"{_fmt(e['latent_rmse'], '.4f')} | {_fmt(e.get('fidelity'), '.2f')} |")
+            paired = f"{e['vs_uniform']:+.2f} ± {e['vs_uniform_se']:.2f}" if "vs_uniform" in e else "—"
+            lines.append(f"| {i} | {method} | {_fmt(e['psnr'])} ± {_fmt(e['spread'])} | {paired} | "
+                         f"{_fmt(e['ssim'], '.4f')} | {_fmt(e['latent_rmse'], '.4f')} | {_fmt(e.get('fidelity'), '.2f')} |")
         for method, e in table.items():
             if not e.get("reached"):
-                lines.append(f"| — | {method} | not reached | | | {e.get('note', '')} |")
+                lines.append(f"| — | {method} | not reached | | | | {e.get('note', '')} |")
         for name in ("sencache", "sencache-paper"):
             if name in table:
                 rank = f"{order.index(name) + 1} of {len(order)}" if name in order else "not reached"

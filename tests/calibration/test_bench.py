@@ -71,6 +71,17 @@ def test_matched_values_spread_and_not_reached():
     assert "none" not in table["0.5"]
 
 
+def test_matched_pairs_each_sample_with_uniform():
+    # uniform at 0.5: samples 30 and 40 dB; x at 0.5: 31 and 43 dB. Paired: +1 and +3 -> mean +2,
+    # s.e. std(1, 3)/sqrt(2) = 1/sqrt(2). The unpaired spreads (5 and 6 dB) hide that x wins on both.
+    rows = [_row("none", 1.0, [100, 100]), _row("uniform", 0.5, [30, 40]), _row("x", 0.5, [31, 43]),
+            _row("y", 0.2, [10, 10]), _row("y", 0.3, [20, 20])]
+    table = matched(rows, (0.5,))["0.5"]
+    assert table["x"]["vs_uniform"] == pytest.approx(2.0)
+    assert table["x"]["vs_uniform_se"] == pytest.approx(1 / np.sqrt(2))
+    assert "vs_uniform" not in table["uniform"] and "vs_uniform" not in table["y"]  # y never reaches 0.5
+
+
 # --- a real run on a tiny fixture ---------------------------------------------------------------
 
 
