@@ -31,6 +31,7 @@ __all__ = [
     "TABLES",
     "arrow_schema",
     "cache_errors",
+    "empty_arrow_table",
     "latents",
     "meta",
     "propagation",
@@ -183,3 +184,9 @@ def _arrow_type(column: sa.Column) -> pa.DataType:
 def arrow_schema(table: sa.Table) -> pa.Schema:
     """The Arrow schema whose columns, in order, are those of `table` (for bulk appends)."""
     return pa.schema([pa.field(c.name, _arrow_type(c), nullable=c.nullable) for c in table.columns])
+
+
+@functools.lru_cache(maxsize=None)
+def empty_arrow_table(table: sa.Table) -> pa.Table:
+    """A table of `arrow_schema(table)` with no rows (Arrow tables are immutable: one is shared)."""
+    return arrow_schema(table).empty_table()

@@ -5,30 +5,33 @@ The `runs` row is appended in the same transaction as the run's step rows, so a 
 replays only committed transactions from its write-ahead log). A run whose id is already stored
 is skipped, which makes rewriting idempotent and lets `collect` resume.
 
-Rows go in as Arrow tables through DuckDB's own relation API (`from_arrow(...).insert_into`),
-one statement per table per transaction, on the raw duckdb connection (SQLAlchemy's transaction
-wrapper alone costs ~0.6 ms a write). Most of the cost of a single-run write is fixed: about a
-millisecond of CPU per statement and an fsync at commit, so `write_runs` amortises it over a
-batch. `benchmarks/store_insert.py` (1,000 runs x 301 rows, on 2 shared, heavily loaded cores):
-~6-8k rows/s one run per transaction, ~26-29k rows/s at 100 runs per transaction (~80k rows per
-CPU-second), while row-by-row `executemany` managed ~1k rows/s.
+Rows go in as Arrow tables: a batch is validated and converted table by table over all its runs
+(`store.rows.frames_to_arrow`), then each table is one `INSERT INTO t SELECT * FROM <arrow>`
+(DuckDB scans the Arrow table in place) on the raw duckdb connection, no SQLAlchemy wrapper.
+`benchmarks/store_insert.py --batch 1 10 100` (1,000 runs x 301 rows, 2 cores shared with a
+training job): ~10.5k rows/s one run per transaction (`write_run`, ~35 runs/s), ~90k rows/s at
+10 and ~280-295k rows/s at 100 runs per transaction (`write_runs`); the store is 12.0 MiB (~42
+bytes a row). A one-run write is fixed cost, not rows: four INSERT statements at ~1.5-3 ms of
+engine time each on these tables, and one fdatasync of the write-ahead log at COMMIT. Durable
+one-run commits cannot reach 100k rows/s there; batches of ~20 runs or more do.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import duckdb
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from store.rows import frame_to_arrow, latents_to_arrow, normalize_run_row
-from store.schema import RUN_TABLES, TABLES, arrow_schema
+from store.rows import frames_to_arrow, latents_to_arrow, normalize_run_row
+from store.schema import RUN_TABLES, TABLES, arrow_schema, empty_arrow_table
 
-__all__ = ["RunRecord", "prepare_record", "write_prepared"]
+__all__ = ["RunRecord", "prepare_records", "write_prepared"]
 
 logger = logging.getLogger(__name__)
 
@@ -53,30 +56,48 @@ class RunRecord:
 
 
 @dataclass
-class _Prepared:
-    run_id: str
-    fingerprint: str
+class _Batch:
+    """Records validated and converted to Arrow: per table the rows of every record, in order."""
+
+    run_ids: list[str]  # per record
+    fingerprints: list[str]  # per record
     tables: dict[str, pa.Table]
+    owners: dict[str, np.ndarray]  # per table, the record each row belongs to
+
+    def rows_of(self, records: np.ndarray) -> dict[str, pa.Table]:
+        """Each table cut down to the rows of `records` (indices into the batch)."""
+        out = {}
+        for name, table in self.tables.items():
+            if table.num_rows and len(records) < len(self.run_ids):
+                table = table.filter(pa.array(np.isin(self.owners[name], records)))
+            out[name] = table
+        return out
 
 
-def prepare_record(record: RunRecord) -> _Prepared:
-    """Validate a record and convert it to Arrow (no database access)."""
-    row = normalize_run_row(record.run)
-    run_id = row["run_id"]
-    tables = {"runs": pa.Table.from_pylist([row], schema=arrow_schema(TABLES["runs"]))}
-    tables["steps"] = frame_to_arrow("steps", record.steps, run_id)
-    tables["sensitivities"] = frame_to_arrow(
-        "sensitivities", record.sensitivities, run_id, defaults={"estimator": row["estimator"]}
-    )
-    tables["cache_errors"] = frame_to_arrow("cache_errors", record.cache_errors, run_id)
-    tables["propagation"] = frame_to_arrow("propagation", record.propagation, run_id)
-    tables["latents"] = latents_to_arrow(record.latents, run_id)
-    return _Prepared(run_id, row["model_fingerprint"], tables)
+def prepare_records(records: Sequence[RunRecord]) -> _Batch:
+    """Validate records and convert them to Arrow, table by table over the whole batch (no database access)."""
+    rows = [normalize_run_row(r.run) for r in records]
+    run_ids = [row["run_id"] for row in rows]
+    tables = {"runs": pa.Table.from_pylist(rows, schema=arrow_schema(TABLES["runs"]))}
+    owners = {"runs": np.arange(len(rows))}
+    for name in ("steps", "sensitivities", "cache_errors", "propagation"):
+        parts = [(row["run_id"], getattr(r, name), {"estimator": row["estimator"]} if name == "sensitivities" else {})
+                 for r, row in zip(records, rows)]
+        tables[name], owners[name] = frames_to_arrow(name, parts)
+    latents = {i: latents_to_arrow(r.latents, run_ids[i]) for i, r in enumerate(records) if r.latents is not None}
+    tables["latents"] = pa.concat_tables(list(latents.values())) if latents else empty_arrow_table(TABLES["latents"])
+    owners["latents"] = np.repeat(np.fromiter(latents, np.int64), [t.num_rows for t in latents.values()])
+    return _Batch(run_ids, [row["model_fingerprint"] for row in rows], tables, owners)
 
 
 def _append(raw: Any, name: str, table: pa.Table) -> None:
-    """Append `table` (already in `name`'s column order) on the raw duckdb connection."""
-    raw.from_arrow(table).insert_into(name)
+    """Append `table` (already in `name`'s column order) on the raw duckdb connection.
+
+    DuckDB reads the Arrow table in place by its variable name (a replacement scan): one
+    statement, no registration, no copy through Python objects.
+    """
+    _sencache_rows = table  # noqa: F841 -- read by name by the statement below
+    raw.execute(f'INSERT INTO "{name}" SELECT * FROM _sencache_rows')
 
 
 def _stored_ids(raw: Any, run_ids: list[str]) -> set[str]:
@@ -86,31 +107,32 @@ def _stored_ids(raw: Any, run_ids: list[str]) -> set[str]:
     return {r[0] for r in rows}
 
 
-def _append_runs(raw: Any, runs: list[_Prepared], claim_fingerprint: str | None, *, check: bool) -> list[_Prepared]:
-    """One transaction appending `runs` (minus those already stored when `check`); returns those written."""
+def _append_runs(
+    raw: Any, batch: _Batch, records: np.ndarray, claim_fingerprint: str | None, *, check: bool
+) -> np.ndarray:
+    """One transaction appending `records` (minus those already stored when `check`); returns those written."""
     raw.begin()
     try:
         if check:
-            stored = _stored_ids(raw, [p.run_id for p in runs])
-            runs = [p for p in runs if p.run_id not in stored]
-        if claim_fingerprint is not None and runs:
+            stored = _stored_ids(raw, [batch.run_ids[i] for i in records])
+            records = np.array([i for i in records if batch.run_ids[i] not in stored], dtype=np.int64)
+        if claim_fingerprint is not None and len(records):
             raw.execute(
                 "INSERT OR REPLACE INTO meta (key, value) VALUES ('model_fingerprint', ?)", [claim_fingerprint]
             )
-        for name in RUN_TABLES:
-            parts = [p.tables[name] for p in runs if p.tables[name].num_rows]
-            if parts:
-                _append(raw, name, parts[0] if len(parts) == 1 else pa.concat_tables(parts))
+        if len(records):
+            tables = batch.rows_of(records)
+            for name in RUN_TABLES:
+                if tables[name].num_rows:
+                    _append(raw, name, tables[name])
     except BaseException:
         raw.rollback()
         raise
     raw.commit()
-    return runs
+    return records
 
 
-def write_prepared(
-    raw: Any, prepared: Iterable[_Prepared], *, claim_fingerprint: str | None = None
-) -> list[bool]:
+def write_prepared(raw: Any, batch: _Batch, *, claim_fingerprint: str | None = None) -> list[bool]:
     """Append the runs not stored yet, all in one transaction; returns, per run, whether it was new.
 
     `raw` is the duckdb connection (no transaction open). The append is optimistic: new runs (the
@@ -118,21 +140,19 @@ def write_prepared(
     back and retries with a lookup. `claim_fingerprint` records the model fingerprint in `meta`
     in the same transaction (the first write to a store created without one).
     """
-    prepared = list(prepared)
-    unique: dict[str, _Prepared] = {}
-    for p in prepared:
-        unique.setdefault(p.run_id, p)  # a run repeated inside the batch is written once
-    if not unique:
+    first: dict[str, int] = {}
+    for i, run_id in enumerate(batch.run_ids):
+        first.setdefault(run_id, i)  # a run repeated inside the batch is written once
+    if not first:
         return []
+    unique = np.fromiter(first.values(), dtype=np.int64, count=len(first))
     try:
-        written = _append_runs(raw, list(unique.values()), claim_fingerprint, check=False)
+        written = _append_runs(raw, batch, unique, claim_fingerprint, check=False)
     except duckdb.ConstraintException:
-        written = _append_runs(raw, list(unique.values()), claim_fingerprint, check=True)
-    new_ids = {p.run_id for p in written}
-    flags = []
-    for p in prepared:
-        flags.append(p.run_id in new_ids)
-        new_ids.discard(p.run_id)
-    if len(written) < len(prepared):
-        logger.info("store: %d run(s) already stored, skipped", len(prepared) - len(written))
+        written = _append_runs(raw, batch, unique, claim_fingerprint, check=True)
+    flags = [False] * len(batch.run_ids)
+    for i in written:
+        flags[int(i)] = True
+    if len(written) < len(flags):
+        logger.info("store: %d run(s) already stored, skipped", len(flags) - len(written))
     return flags

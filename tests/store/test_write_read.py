@@ -167,6 +167,55 @@ def test_a_failing_batch_stores_none_of_its_runs(db, monkeypatch):
     assert db.table_counts() == before
 
 
+def _mixed_batch():
+    """Runs whose frames differ in kind and shape: the batched conversion must not mix them up."""
+    records = [synthetic_run(i, latent_shape=(2, 3) if i % 2 else None, with_propagation=i != 2) for i in range(5)]
+    records[1].cache_errors = records[1].cache_errors.sample(frac=1.0, random_state=1)  # rows in any order
+    records[3].steps = {c: records[3].steps[c].tolist() for c in records[3].steps}  # a mapping of lists
+    records[4].sensitivities = records[4].sensitivities.drop(columns=["J_t"])  # a nullable column left out
+    return records
+
+
+def test_a_batch_stores_exactly_what_one_run_at_a_time_stores(tmp_path):
+    digests = []
+    for name in ("one-by-one", "batch"):
+        with CalibrationStore(tmp_path / f"{name}.duckdb", model_fingerprint=FP) as db:
+            if name == "batch":
+                assert db.write_runs(_mixed_batch()) == [True] * 5
+            else:
+                assert [write(db, r) for r in _mixed_batch()] == [True] * 5
+            digests.append(db.content_digest())
+            counts = db.table_counts()
+    assert digests[0] == digests[1]
+    # 5 runs x 6 steps; propagation for 4 runs; latents x_0..x_6 for runs 1 and 3
+    assert counts["steps"] == counts["sensitivities"] == 30 and counts["propagation"] == 24
+    assert counts["latents"] == 2 * 7
+
+
+def test_a_batch_skips_stored_runs_and_keeps_each_runs_rows(db):
+    records = _mixed_batch()
+    assert write(db, records[1]) is True  # run 1 (with latents) is stored before the batch
+    assert db.write_runs([records[0], records[1], records[3], records[0]]) == [True, False, True, False]
+    ids = {make_run_id(r.run): i for i, r in enumerate(records)}
+    latents = db.latents(next(k for k, i in ids.items() if i == 3))
+    np.testing.assert_allclose(latents[2], records[3].latents[2], rtol=1e-3, atol=1e-3)
+    per_run = db.steps().groupby("run_id").size()
+    assert {ids[k]: n for k, n in per_run.items()} == {0: 6, 1: 6, 3: 6}
+    assert db.table_counts()["latents"] == 2 * 7  # runs 1 and 3, once each
+
+
+def test_a_bad_run_in_a_batch_is_named_and_nothing_is_written(db):
+    records = [synthetic_run(i) for i in range(4)]
+    records[2].cache_errors["lag"] = records[2].cache_errors["lag"] - 1  # lag 0 in run 2 only
+    with pytest.raises(InputError, match=rf"cache_errors\.lag \(run {make_run_id(records[2].run)}\): must be >= 1"):
+        db.write_runs(records)
+    records = [synthetic_run(i) for i in range(4)]
+    records[3].steps.loc[2, "step"] = 1  # step 1 twice in run 3; runs 0-2 also have a step 1
+    with pytest.raises(InputError, match=rf"appears more than once in run {make_run_id(records[3].run)}"):
+        db.write_runs(records)
+    assert set(db.table_counts().values()) == {0}
+
+
 @pytest.mark.parametrize(
     ("mutate", "message"),
     [
