@@ -35,6 +35,13 @@ logger = logging.getLogger(__name__)
 
 _COLLECT = "sencache-calibrate collect --model MODEL --db {path}"
 
+# A read-write store runs DuckDB on one thread. Its work is appends of a few runs at a time, too
+# small to split, and handing each statement to a worker thread costs a wake-up that on busy
+# cores (a training job beside `collect`) took longer than the append: one thread made
+# `write_run` ~1.2-1.5x and 100-run `write_runs` ~1.3x faster (`benchmarks/store_insert.py`).
+# Readers (`read_only=True`: fit, notebooks) keep DuckDB's default, one thread per core.
+_WRITER_THREADS = 1
+
 
 def package_version() -> str:
     try:
@@ -54,8 +61,9 @@ def _explain_open_failure(path: Path, exc: Exception) -> InputError:
         )
     if "different configuration" in text:
         return InputError(
-            f"{path}: already open in this process in another mode (read-only vs read-write); "
-            "close the other CalibrationStore on it first, or open both the same way."
+            f"{path}: already open in this process in another mode (read-only vs read-write, or a plain "
+            "duckdb connection beside a read-write store); close the other CalibrationStore or connection "
+            "on it first, or open both the same way."
         )
     return InputError(
         f"{path}: not a readable DuckDB file ({text}). Point --db at a store written by "
@@ -96,7 +104,10 @@ class CalibrationStore:
         if not existed:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         url = sa.engine.URL.create("duckdb", database=str(self.path))
-        self._engine = sa.create_engine(url, connect_args={"read_only": read_only}, poolclass=sa.pool.StaticPool)
+        connect_args: dict[str, Any] = {"read_only": read_only}
+        if not read_only:
+            connect_args["config"] = {"threads": _WRITER_THREADS}
+        self._engine = sa.create_engine(url, connect_args=connect_args, poolclass=sa.pool.StaticPool)
         try:
             with self._engine.connect() as conn:
                 names = set(sa.inspect(conn).get_table_names())
@@ -197,7 +208,7 @@ class CalibrationStore:
         """Store several runs in one transaction (all or none); per run, whether it was new.
 
         Batching amortises the per-transaction cost (~1.5-3 ms per INSERT statement, an fdatasync
-        at commit) when runs are cheap: ~35 runs/s one at a time, ~950 runs/s in batches of
+        at commit) when runs are cheap: ~57 runs/s one at a time, ~1,200 runs/s in batches of
         100 (`benchmarks/store_insert.py`, 301 rows a run, 2 shared cores).
         """
         if self.read_only:

@@ -9,11 +9,12 @@ Rows go in as Arrow tables: a batch is validated and converted table by table ov
 (`store.rows.frames_to_arrow`), then each table is one `INSERT INTO t SELECT * FROM <arrow>`
 (DuckDB scans the Arrow table in place) on the raw duckdb connection, no SQLAlchemy wrapper.
 `benchmarks/store_insert.py --batch 1 10 100` (1,000 runs x 301 rows, 2 cores shared with a
-training job): ~10.5k rows/s one run per transaction (`write_run`, ~35 runs/s), ~90k rows/s at
-10 and ~280-295k rows/s at 100 runs per transaction (`write_runs`); the store is 12.0 MiB (~42
-bytes a row). A one-run write is fixed cost, not rows: four INSERT statements at ~1.5-3 ms of
-engine time each on these tables, and one fdatasync of the write-ahead log at COMMIT. Durable
-one-run commits cannot reach 100k rows/s there; batches of ~20 runs or more do.
+training job, load ~5): ~17k rows/s one run per transaction (`write_run`, ~57 runs/s), ~120k
+rows/s at 10 and ~360k rows/s at 100 runs per transaction (`write_runs`); the store is 12.0 MiB
+(~42 bytes a row). A one-run write is fixed cost, not rows: a 1-step run takes as long (~16 ms)
+as a 50-step one: four INSERT statements at ~1.5-3 ms of engine time each on these tables, and
+one fdatasync of the write-ahead log at COMMIT. Durable one-run commits cannot reach 100k rows/s
+there; batches of 10 runs or more do.
 """
 
 from __future__ import annotations

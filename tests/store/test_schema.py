@@ -144,3 +144,15 @@ def test_store_open_read_write_cannot_be_reopened_read_only_in_process(tmp_path)
             CalibrationStore(path, read_only=True)
     with CalibrationStore(path, read_only=True) as db:  # fine once the writer closed
         assert db.table_counts()["runs"] == 0
+
+
+def test_writers_run_duckdb_on_one_thread_and_readers_on_the_default(tmp_path):
+    path = tmp_path / "calib.duckdb"
+
+    def threads(db):
+        return db._duckdb().execute("SELECT current_setting('threads')").fetchone()[0]
+
+    with CalibrationStore(path) as db:
+        assert threads(db) == 1  # appends of a few runs: no worker wake-ups (store.database)
+    with CalibrationStore(path, read_only=True) as db:
+        assert threads(db) == duckdb.connect().execute("SELECT current_setting('threads')").fetchone()[0]
