@@ -56,6 +56,7 @@ def _cmd_quickstart(args: argparse.Namespace) -> int:
         seeds=args.seeds,
         steps=args.steps,
         trials=args.trials,
+        bench_seeds=args.bench_seeds,
         overwrite=args.overwrite,
         progress=not args.quiet,
     )
@@ -79,10 +80,12 @@ def _add_quickstart(sub: argparse._SubParsersAction) -> None:
     )
     _add_model_args(p)
     p.add_argument("--out", default="sencache-quickstart", help="folder for every output (default: %(default)s)")
-    p.add_argument("--prompts", type=int, default=6, help="calibration prompts (default: %(default)s)")
-    p.add_argument("--seeds", type=int, default=2, help="seeds per prompt (default: %(default)s)")
+    p.add_argument("--prompts", type=int, default=8, help="calibration prompts (default: %(default)s)")
+    p.add_argument("--seeds", type=int, default=1, help="seeds per calibration prompt (default: %(default)s)")
     p.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model's zoo.json)")
-    p.add_argument("--trials", type=int, default=24, help="Optuna trials of the fit (default: %(default)s)")
+    p.add_argument("--trials", type=int, default=20, help="Optuna trials of the fit (default: %(default)s)")
+    p.add_argument("--bench-seeds", type=int, default=1,
+                   help="seeds per held-out prompt in the bench (default: %(default)s)")
     p.add_argument("--overwrite", action="store_true", help="reuse a non-empty --out folder")
 
 

@@ -23,6 +23,9 @@ logger = logging.getLogger("sencache.quickstart")
 
 #: Methods the quickstart benches: the reference, the baseline to beat, and ours.
 QUICK_METHODS = ("none", "uniform", "sencache-paper", "sencache")
+#: Shorter sweeps than the full bench's: enough to interpolate at 0.7, 0.5 and 0.4.
+QUICK_KNOBS: dict[str, list[Any]] = {"uniform": [0.8, 0.7, 0.6, 0.5, 0.4, 0.3],
+                                     "sencache-paper": [0.05, 0.1, 0.2, 0.4, 0.8]}
 
 
 @dataclass
@@ -64,11 +67,11 @@ class QuickstartResult:
 def quickstart(
     model: str = "toy-wan",
     out: str | Path = "sencache-quickstart",
-    prompts: int = 6,
-    seeds: int = 2,
+    prompts: int = 8,
+    seeds: int = 1,
     steps: int | None = None,
-    trials: int = 24,
-    bench_seeds: int = 2,
+    trials: int = 20,
+    bench_seeds: int = 1,
     overwrite: bool = False,
     progress: bool = True,
 ) -> QuickstartResult:
@@ -106,7 +109,7 @@ def quickstart(
     stage("export", export, store, policy_path)
     bench_dir = out / "bench"
     report = stage("bench", run_bench, loaded, policy_path, bench_dir, methods=list(QUICK_METHODS),
-                   seeds=bench_seeds, steps=steps, overwrite=True, progress=progress)
+                   seeds=bench_seeds, steps=steps, overwrite=True, progress=progress, knobs=QUICK_KNOBS)
     speedups = [r.get("speedup") for r in report.get("results", []) if r.get("method") == "sencache"]
     headline = {
         "matched": report.get("matched", {}),
