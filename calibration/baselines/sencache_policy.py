@@ -34,10 +34,21 @@ def parse_knob(knob: str) -> tuple[str, float]:
     return name, value
 
 
+def _fixed_schedule(values: tuple[float, ...]) -> bool:
+    """ε that is 0 or astronomically large at every knot: a fixed mask, which no scale changes."""
+    return all(v == 0.0 or v >= 1e29 for v in values)
+
+
 def policy_knobs(policy: Policy, scales: tuple[float, ...] = DEFAULT_SCALES) -> list[str]:
-    """Every operating point as fitted, then the default point with its ε scaled by `scales`."""
-    default = policy.operating_point().name
-    return list(policy.operating_point_names) + [f"{default}*{s:g}" for s in scales]
+    """Every operating point as fitted, then one point with its ε scaled by `scales`: the default
+    point, or the first one whose ε a scale can move when the default is a fixed schedule."""
+    points = [policy.operating_point(name) for name in policy.operating_point_names]
+    default = policy.operating_point()
+    movable = [p for p in points if not _fixed_schedule(p.eps.values)]
+    target = default if not _fixed_schedule(default.eps.values) or not movable else movable[0]
+    if _fixed_schedule(target.eps.values):
+        return list(policy.operating_point_names)
+    return list(policy.operating_point_names) + [f"{target.name}*{s:g}" for s in scales]
 
 
 def scaled_policy(policy: Policy, name: str, scale: float) -> Policy:

@@ -16,7 +16,7 @@ from calibration.baselines.sencache_policy import parse_knob, policy_knobs, scal
 from calibration.baselines.taylorseer import cache_identifiers
 from calibration.baselines.teacache import IDENTITY, TeaCacheController
 from calibration.models import load_model
-from policies import InputError, PolicyError, SensitivityTable, config_fingerprint, constant_policy
+from policies import InputError, Policy, PolicyError, SensitivityTable, config_fingerprint, constant_policy
 from sencache.adapters import adapter_for
 
 ARCHS = ["wan", "cogvideox", "ltx"]
@@ -141,6 +141,20 @@ def test_teacache_accumulates_and_resets():
 def test_magcache_ratio_parsing():
     printed = "noise\n\n[MagCache] Calibration Complete. Copy these values to MagCacheConfig(mag_ratios=...):\n[1.0, 0.9, 1.1]\n\n"
     assert parse_ratios(printed + printed.replace("0.9", "0.7")) == [[1.0, 0.9, 1.1], [1.0, 0.7, 1.1]]
+
+
+def test_sencache_knobs_scale_a_point_a_scale_can_move():
+    from calibration.fit import uniform_point
+
+    # default "balanced" is a fixed schedule (ε 0 or 1e30 at every knot): scaling it changes nothing,
+    # so the scaled knobs go to "quality", the first point with a real threshold
+    data = constant_policy(0.2, name="quality").to_dict()
+    data["operating_points"].append(uniform_point(0.5, 10, "balanced").to_dict())
+    data["default_operating_point"] = "balanced"
+    policy = Policy.from_dict(data)
+    assert policy_knobs(policy) == ["quality", "balanced", "quality*0.5", "quality*2", "quality*4"]
+    only_fixed = dict(data, operating_points=data["operating_points"][1:])
+    assert policy_knobs(Policy.from_dict(only_fixed)) == ["balanced"]
 
 
 def test_sencache_knobs_and_scaling():
