@@ -53,7 +53,7 @@ def read_fit_result(db: str | Path, fit_path: str | Path | None = None) -> dict[
     return result
 
 
-_POINT_KEYS = OperatingPoint.KEYS
+_POINT_KEYS = OperatingPoint.KEYS + OperatingPoint.OPTIONAL_KEYS
 
 
 def build_policy(result: dict[str, Any], data: Any, source: str = "<export>") -> Policy:
@@ -61,7 +61,7 @@ def build_policy(result: dict[str, Any], data: Any, source: str = "<export>") ->
     pred = result["predictor"]
     r2 = pred.get("r2")
     predictor = Predictor(pred["a"], pred["b"], pred["c"], None if r2 is None else min(float(r2), 1.0), pred.get("spearman"))
-    points = [{k: p[k] for k in _POINT_KEYS} for p in result["operating_points"]]
+    points = [{k: p[k] for k in _POINT_KEYS if k in p} for p in result["operating_points"]]
     metrics = {
         "validation": result.get("validation"),
         "objective": result.get("objective"),

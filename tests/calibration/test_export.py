@@ -45,6 +45,18 @@ def test_exported_policy_fields(fitted, tmp_path, field, check):
     assert check(export(fitted, tmp_path / "p.json"))
 
 
+def test_a_fitted_forecast_reaches_the_policy(fitted, tmp_path):
+    # the search picked "linear" for quality (as the rerun fits of the toys do): the policy must
+    # carry it, or the runtime would replay plain reuse at the fitted thresholds
+    result = read_fit_result(fitted)
+    result["operating_points"][0]["forecast"] = "linear"
+    path = tmp_path / "forecast.fit.json"
+    path.write_text(json.dumps(result))
+    policy = export(fitted, tmp_path / "p.json", fit_path=path)
+    assert [p.forecast for p in policy.operating_points] == ["linear", "none", "none", "none"]
+    assert Policy.load(tmp_path / "p.json").operating_point("quality").forecast == "linear"
+
+
 def test_export_before_fit_names_the_fit_command(tmp_path):
     db = make_store(tmp_path / "unfitted.duckdb", runs=2, holdout=0)
     with pytest.raises(InputError, match="sencache-calibrate fit --db"):
