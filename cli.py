@@ -71,7 +71,7 @@ def _add_quickstart(sub: argparse._SubParsersAction) -> None:
         _cmd_quickstart,
         """Run collect -> fit -> export -> bench on a bundled toy model and print what it found.
 
-        A few minutes on 2 CPU cores with the defaults. Everything lands in --out: the calibration
+        About 13 minutes on 2 busy CPU cores with the defaults. Everything lands in --out: the calibration
         store, the fit report, the policy JSON and the benchmark (bench.json, plots, summary.md).
 
         Example:
