@@ -38,17 +38,8 @@ def test_tolerates_decoder_noise():
     assert all(fidelity.score(prompt, video).values())
 
 
-_WEAK = pytest.mark.xfail(
-    reason="toy-ltx (29 min) draws the right background but no object yet: its VAE plateaued at "
-    "MSE 0.19 and does not reconstruct the shape; retrain with `sencache-calibrate zoo train toy-ltx`",
-    strict=False,
-)
-
-
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    "name", [pytest.param(n, marks=_WEAK) if n == "toy-ltx" else n for n in TOY_MODELS]
-)
+@pytest.mark.parametrize("name", list(TOY_MODELS))
 def test_trained_toy_follows_heldout_prompts(name):
     if not (zoo_folder(name) / "model_index.json").exists():
         pytest.skip(f"{name} is not trained yet: run `sencache-calibrate zoo train {name}`")
