@@ -1,0 +1,47 @@
+"""The policies shipped in `policies/` belong to the shipped toys and do what they say."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import sencache
+from calibration.models import load_model
+from calibration.zoo.registry import TOY_MODELS, zoo_folder
+from policies import Policy, config_fingerprint
+
+POLICIES = Path(__file__).resolve().parents[2] / "policies"
+SHIPPED = [name for name in TOY_MODELS if (POLICIES / f"{name}.json").is_file()]
+
+
+def test_every_toy_ships_a_policy():
+    assert SHIPPED == list(TOY_MODELS), "fit and export a policy for every toy (README: calibrate your own model)"
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_policy_matches_its_toy_and_orders_its_points(name):
+    config = json.loads((zoo_folder(name) / "transformer" / "config.json").read_text())
+    policy = Policy.load(POLICIES / f"{name}.json", model_fingerprint=config_fingerprint(config))
+    fractions = {p.name: p.expected_nfe_fraction for p in policy.operating_points}
+    assert fractions["quality"] > fractions["balanced"] > fractions["fast"]
+    assert policy.provenance["split"]["holdout"] >= 1  # its points were validated on held-out runs
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_policy_computes_what_it_expects(name):
+    # The balanced point on a held-out prompt computes about the fraction the fit measured
+    # (the fit's holdout runs are other prompts: allow 0.1).
+    loaded = load_model(name)
+    policy = Policy.load(POLICIES / f"{name}.json")
+    handle = sencache.apply(loaded.pipe, policy, operating_point="balanced")
+    try:
+        loaded.pipe("a red square moving left on a blue background", generator=torch.Generator().manual_seed(0),
+                    output_type="latent", **loaded.call_kwargs(num_inference_steps=30))
+        computed = float(handle.report().computed.mean())
+    finally:
+        sencache.remove(loaded.pipe)
+    assert computed == pytest.approx(policy.operating_point("balanced").expected_nfe_fraction, abs=0.1)
