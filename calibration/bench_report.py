@@ -340,7 +340,8 @@ def write_plots(result: dict[str, Any], frames: dict[tuple[str, Any], np.ndarray
     high = [r["psnr"] for r in rows if r["method"] != "none" and r["psnr"] is not None and (r["nfe_fraction"] or 1) < 0.95]
     if high:  # near-identical outputs (PSNR towards the cap) would squash the range that matters
         axes[0].set_ylim(top=min(PSNR_CAP, max(high) + 5))
-    axes[0].legend(fontsize=8, ncol=2)
+    if axes[0].get_legend_handles_labels()[0]:  # a bench of `none` alone draws no curve
+        axes[0].legend(fontsize=8, ncol=2)
     fig.suptitle(f"{result['model']['name']}: quality vs compute against full compute")
     fig.tight_layout()
     written.append(out_dir / "quality_vs_nfe.png")
