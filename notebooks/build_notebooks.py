@@ -337,8 +337,9 @@ POLICIES = [
                 print(f"no policy given and the fitted store {result['store']} is gone: no masks")
 
         source = result["operating_points"] if result is not None else [p.to_dict() for p in policy.operating_points]
-        points = pd.DataFrame([{k: p.get(k) for k in ("name", "target_nfe_fraction", "expected_nfe_fraction",
-                                                      "expected_error", "max_skips", "warmup_steps", "final_steps")}
+        points = pd.DataFrame([{k: p.get(k) for k in ("name", "origin", "forecast", "target_nfe_fraction",
+                                                      "expected_nfe_fraction", "expected_error", "max_skips",
+                                                      "warmup_steps", "final_steps")}
                                for p in source])
         if result is not None:
             print(f"fit of {result['model']['name']}: objective {result['objective']}, {result['trials']} trials, "
@@ -435,13 +436,16 @@ POLICIES = [
         """
         from policies import OperatingPoint
 
-        ops = list(policy.operating_points) if policy is not None else [OperatingPoint.from_dict(p) for p in source]
+        fields = OperatingPoint.KEYS + OperatingPoint.OPTIONAL_KEYS  # a fit result's points carry more
+        ops = (list(policy.operating_points) if policy is not None
+               else [OperatingPoint.from_dict({k: p[k] for k in fields if k in p}) for p in source])
         grid = np.linspace(0.0, 1.0, 401)
         fig, ax = plt.subplots(figsize=(8.5, 5))
         for i, point in enumerate(ops):
             color = plt.cm.tab10.colors[i % 10]
             ax.plot(grid, point.eps(grid), color=color, lw=2, ls=("-", "--", "-.", ":")[i % 4],
-                    label=f"{point.name}: K = {point.max_skips}, warm-up {point.warmup_steps:.3g}, final {point.final_steps:.3g}")
+                    label=f"{point.name}: K = {point.max_skips}, warm-up {point.warmup_steps:.3g}, "
+                          f"final {point.final_steps:.3g}, forecast {point.forecast}")
             ax.plot(point.eps.positions, point.eps.values, "o", color=color, ms=4)
         values = np.concatenate([np.asarray(p.eps.values) for p in ops])
         if (values > 0).all():

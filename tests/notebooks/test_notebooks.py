@@ -76,3 +76,27 @@ def test_notebook_executes_and_plots(name, inputs, monkeypatch):
     images = _images(nb)
     assert images >= FIGURES[name], f"{name}.ipynb showed {images} figure(s), expected {FIGURES[name]}"
     assert images >= 1
+
+
+@pytest.mark.slow
+def test_policies_notebook_reads_a_fit_result_whose_store_is_gone(inputs, monkeypatch, tmp_path):
+    # Only the fit result, its store moved away: the notebook draws the front and the ε curves from
+    # the result's own points (which carry more fields than an operating point) and says why it
+    # shows no masks, instead of failing.
+    import json
+
+    from nbclient import NotebookClient
+
+    result = json.loads(Path(inputs["SENCACHE_FIT"]).read_text())
+    result["store"] = str(tmp_path / "moved-away.duckdb")
+    lone = tmp_path / "lone.fit.json"
+    lone.write_text(json.dumps(result))
+    monkeypatch.setenv("SENCACHE_FIT", str(lone))
+    monkeypatch.delenv("SENCACHE_POLICY", raising=False)
+    monkeypatch.delenv("SENCACHE_STORE", raising=False)
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    nb = nbformat.read(NOTEBOOKS / "policies.ipynb", as_version=4)
+    NotebookClient(nb, kernel_name="python3", timeout=600, resources={"metadata": {"path": str(NOTEBOOKS)}}).execute()
+    text = "".join(out.get("text", "") for cell in nb.cells for out in cell.get("outputs", []))
+    assert "is gone: no masks" in text
+    assert _images(nb) >= 2  # the Pareto front and the ε curves at least
