@@ -297,6 +297,8 @@ def _closest(rows: list[dict[str, Any]], method: str, target: float = 0.5) -> di
     return min(cands, key=lambda r: abs(r["nfe_fraction"] - target)) if cands else None
 
 
+#: how much frames.png amplifies each method's difference to full compute
+DIFF_GAIN = 10.0
 #: ours bold and warm, the baseline to beat black, each peer a colour of its own
 _COLOURS = {"sencache": "tab:red", "sencache-paper": "tab:orange", "uniform": "black", "teacache": "tab:blue",
             "magcache": "tab:purple", "fbcache": "tab:green", "taylorseer": "tab:cyan", "easycache": "tab:brown",
@@ -378,17 +380,22 @@ def write_plots(result: dict[str, Any], frames: dict[tuple[str, Any], np.ndarray
     from calibration.generate import frames_grid
 
     picks = [("none", None)]
-    for method in ("uniform", "sencache", "sencache-paper"):
+    for method in ("uniform", "sencache", "taylorseer", "sencache-paper"):
         row = _closest(rows, method)
         if row is not None:
             picks.append((method, row["knob"]))
     videos, labels = [], []
+    reference = frames.get(("none", None))
     for method, knob in picks:
         key = (method, knob)
         if key in frames:
             videos.append(frames[key])
             nfe = next(r["nfe_fraction"] for r in rows if r["method"] == method and r["knob"] == knob)
             labels.append(f"{method} {'' if knob is None else knob} NFE {nfe:.2f}")
+            if reference is not None and method != "none":
+                # at half compute the frames look alike: the amplified difference shows where they are not
+                videos.append(np.clip(np.abs(frames[key] - reference) * DIFF_GAIN, 0.0, 1.0))
+                labels.append(f"  |{method} - none| x {DIFF_GAIN:g}")
     if videos:
         written.append(out_dir / "frames.png")
         frames_grid(np.stack(videos), labels=labels).save(written[-1])
