@@ -249,6 +249,24 @@ def _rescaled_paper(pairs: Any, predictor: Predictor) -> OperatingPoint:
     return paper_point(scale=_paper_ratio(pairs, predictor))
 
 
+def _compare_with_uniform(points: list[dict[str, Any]], uniform: dict[str, Any], validation: str) -> None:
+    """Mark each chosen point with `vs_uniform`: its validation error over evenly spaced skipping's.
+
+    The choice was made on the calibration runs; a point that loses on the validation runs is
+    kept (few runs are noisy) but said so, with the command that gives it more evidence.
+    """
+    for p in points:
+        ref = uniform.get(p["name"])
+        if not ref or not ref.get("error"):
+            continue
+        p["vs_uniform"] = p["expected_error"] / ref["error"]
+        if p["vs_uniform"] > 1.0:
+            logger.warning("%r: error %.4g on the %s runs, above evenly spaced skipping's %.4g at the same target; "
+                           "with %d validation run(s) this may be noise: collect more prompts "
+                           "(`sencache-calibrate collect --prompts FILE`) and fit again",
+                           p["name"], p["expected_error"], validation.split()[0], ref["error"], ref.get("runs", 0))
+
+
 def _measure(objective: Objective | None, predictor: Predictor, point: OperatingPoint) -> dict[str, Any] | None:
     return None if objective is None else objective.evaluate(predictor, point).to_dict()
 
@@ -343,6 +361,7 @@ def fit(
                   "validation": _measure(check_obj, PAPER_PREDICTOR, paper_point())},
         "uniform": {name: _measure(check_obj, predictor, uniform_point(f, data.num_steps)) for name, f in targets.items()},
     }
+    _compare_with_uniform(points, references["uniform"], validation)
     result = {
         "format": FIT_FORMAT,
         "version": FIT_VERSION,
@@ -376,5 +395,7 @@ def fit(
 
         plot_fit(result, pairs, study, path.with_suffix(".png"))
     for p in points:
-        logger.info("  %-9s NFE %.2f  error %.4g (%s)", p["name"], p["expected_nfe_fraction"], p["expected_error"], validation)
+        versus = f", {p['vs_uniform']:.2f}x evenly spaced's" if "vs_uniform" in p else ""
+        logger.info("  %-9s NFE %.2f  error %.4g (%s%s)", p["name"], p["expected_nfe_fraction"], p["expected_error"],
+                    validation, versus)
     return result

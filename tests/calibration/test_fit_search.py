@@ -206,3 +206,16 @@ def test_refine_keeps_the_forecast(synth):
     start = objective.evaluate(Predictor(), point)
     refined, _, _ = _refine(objective, Predictor(), point, start.nfe_fraction, start.error, 0.5, evals=4)
     assert refined.forecast == "linear" and refined.max_skips == 2
+
+
+def test_points_say_how_they_compare_with_uniform_on_validation(caplog):
+    # error 0.02 against uniform's 0.01 on the same target: ratio 2, and a warning that names the
+    # remedy; 0.005 against 0.01: ratio 0.5, no warning.
+    from calibration.fit import _compare_with_uniform
+
+    points = [{"name": "fast", "expected_error": 0.02}, {"name": "quality", "expected_error": 0.005}]
+    uniform = {"fast": {"error": 0.01, "runs": 2}, "quality": {"error": 0.01, "runs": 2}}
+    with caplog.at_level("WARNING", logger="calibration.fit"):
+        _compare_with_uniform(points, uniform, "holdout")
+    assert [p["vs_uniform"] for p in points] == [pytest.approx(2.0), pytest.approx(0.5)]
+    assert len(caplog.records) == 1 and "'fast'" in caplog.text and "sencache-calibrate collect" in caplog.text
