@@ -21,7 +21,7 @@ import torch
 
 import sencache
 from calibration.models import load_model
-from policies import config_fingerprint, constant_policy
+from policies import Policy, config_fingerprint, constant_policy
 from sencache import runtime, stack
 
 
@@ -63,7 +63,7 @@ def timed(timers: Timers, transformer: torch.nn.Module):
         post.remove()
 
 
-def run(loaded, steps: int, repeats: int, prompt: str) -> None:
+def run(loaded, steps: int, repeats: int, prompt: str, forecast: str = "none") -> None:
     pipe = loaded.pipe
     fp = config_fingerprint(dict(pipe.transformer.config))
 
@@ -73,7 +73,9 @@ def run(loaded, steps: int, repeats: int, prompt: str) -> None:
 
     results = {}
     for label, eps in (("full", 0.0), ("half", 1e30)):
-        sencache.apply(pipe, constant_policy(eps, fingerprint=fp, max_skips=1))
+        policy = constant_policy(eps, fingerprint=fp, max_skips=1).to_dict()
+        policy["operating_points"][0]["forecast"] = forecast
+        sencache.apply(pipe, Policy.from_dict(policy))
         generate()  # warm-up
         totals, timers_all = [], []
         for _ in range(repeats):
@@ -92,7 +94,8 @@ def run(loaded, steps: int, repeats: int, prompt: str) -> None:
     per_decide = statistics.median(d for t in full_timers for d in t.decide)
     ideal = 1.0 / (1.0 - f * 0.5)
     realised = full_total / half_total
-    print(f"model {loaded.name}, {steps} steps, {repeats} repeats, torch threads {torch.get_num_threads()}")
+    print(f"model {loaded.name}, {steps} steps, {repeats} repeats, torch threads {torch.get_num_threads()}, "
+          f"forecast {forecast}")
     print(f"decision cost per transformer call: {per_decide * 1e3:.3f} ms = "
           f"{per_decide / per_stack:.2%} of one block-stack forward ({per_stack * 1e3:.2f} ms)")
     print(f"block-stack share of transformer forward time f = {f:.3f}")
@@ -106,8 +109,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--prompt", default="a red circle moving left on a blue background")
+    parser.add_argument("--forecast", choices=("none", "linear"), default="none",
+                        help="what the skipped steps reuse (default: %(default)s)")
     args = parser.parse_args()
-    run(load_model(args.model), args.steps, args.repeats, args.prompt)
+    run(load_model(args.model), args.steps, args.repeats, args.prompt, args.forecast)
 
 
 if __name__ == "__main__":
