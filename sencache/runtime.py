@@ -153,6 +153,11 @@ class _Runtime:
             return None
         return mask
 
+    @property
+    def forecasting(self) -> bool:
+        """Whether skipped rows extrapolate their residual (the stack then keeps the previous one)."""
+        return self.params.forecast == "linear"
+
     def forecast_weights(self, context: str, batch: int) -> torch.Tensor | None:
         weights = self.weights
         if weights is None or self.mask is None or weights.shape[0] != batch:

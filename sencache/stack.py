@@ -42,8 +42,10 @@ class StackController(Protocol):
     def stack_ran(self, context: str, rows: int, batch: int) -> None:
         """Called after the blocks ran on `rows` of `batch` rows in `context`."""
 
-    # Optional: `forecast_weights(context, batch) -> Tensor | None`, float [batch]: a skipped
-    # row reuses `R + w·(R − R_previous)` instead of `R` (see `_reuse`). Absent or None: plain reuse.
+    # Optional: `forecasting` (bool attribute) and `forecast_weights(context, batch) -> Tensor |
+    # None`, float [batch]: a skipped row reuses `R + w·(R − R_previous)` instead of `R` (see
+    # `_reuse`). Without `forecasting` no previous residual is kept (on a large model, one more
+    # residual per context is hundreds of MB) and every skipped row reuses `R` as it is.
 
 
 class _ResidualState(BaseState):
@@ -127,17 +129,17 @@ class _HeadHook(ModelHook):
             if cached is None or cached[0].shape[0] != batch:
                 logger.debug("no cached residual for context %r: computing every row", context)
                 mask = None
-        previous = state.previous if state.previous is not None and cached is not None \
+        forecasting = bool(getattr(self.controller, "forecasting", False))
+        previous = state.previous if forecasting and state.previous is not None and cached is not None \
             and state.previous[0].shape[0] == batch else None
-        weigh = getattr(self.controller, "forecast_weights", None)
-        weights = weigh(context, batch) if weigh is not None and mask is not None else None
+        weights = self.controller.forecast_weights(context, batch) if forecasting and mask is not None else None
         if mask is not None and not bool(mask.any()):
             self.controller.stack_ran(context, 0, batch)
             return self.adapter.as_output(tuple(_reuse(streams_in, cached, previous, weights)))
 
         if mask is None or bool(mask.all()):
             streams_out = self._run_stack(module, named)
-            fresh = cached is not None and cached[0].shape[0] == batch
+            fresh = forecasting and cached is not None and cached[0].shape[0] == batch
             state.previous = cached if fresh else None
             state.residual = tuple(o - i for o, i in zip(streams_out, streams_in))
             self.controller.stack_ran(context, batch, batch)
@@ -153,11 +155,11 @@ class _HeadHook(ModelHook):
             dev_index = index.to(s_in.device)
             residual.append(r_old.index_copy(0, dev_index, o_sub - i_sub))
             out.append(reused[k].index_copy(0, dev_index, o_sub))
-            # the computing rows' old residual becomes their previous one; the others keep theirs
-            base = previous[k] if previous is not None else r_old
-            prior.append(base.index_copy(0, dev_index, r_old.index_select(0, dev_index)))
+            if forecasting:  # the computing rows' old residual becomes their previous one; the others keep theirs
+                base = previous[k] if previous is not None else r_old
+                prior.append(base.index_copy(0, dev_index, r_old.index_select(0, dev_index)))
         state.residual = tuple(residual)
-        state.previous = tuple(prior)
+        state.previous = tuple(prior) if forecasting else None
         self.controller.stack_ran(context, int(index.numel()), batch)
         return self.adapter.as_output(tuple(out))
 

@@ -130,6 +130,8 @@ class TimeDummy(Dummy):
 class Forecasting(Fixed):
     """A controller that also hands out preset forecast weights."""
 
+    forecasting = True
+
     def __init__(self):
         super().__init__()
         self.weights = None
@@ -174,3 +176,12 @@ def test_forecast_weights_follow_the_timesteps():
     compute = torch.tensor([False, False, False, True])
     # row 0: (6−8)/(8−10) = 1; row 1: no earlier compute; row 2: 8 − 8 = 0 span; row 3 computes
     assert forecast_weights(t, ref, prev, compute).tolist() == [1.0, 0.0, 0.0, 0.0]
+
+
+def test_without_forecasting_no_previous_residual_is_kept(dummy):
+    # plain reuse needs one residual per context: the stack must not hold a second one
+    model, control, hooks = dummy
+    model(torch.tensor([[1.0]]), torch.zeros(1))
+    model(torch.tensor([[2.0]]), torch.zeros(1))
+    assert hooks.residual("default") is not None
+    assert hooks.head.residual_state().previous is None
