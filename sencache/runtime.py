@@ -123,7 +123,7 @@ class _Runtime:
             traj.ref_t = torch.where(compute.to(t_rows.device), t_rows, traj.ref_t)
             traj.skips_in_row = torch.where(compute, torch.zeros_like(traj.skips_in_row), traj.skips_in_row + 1)
         self.weights = None
-        if self.params.forecast == "linear" and not bool(compute.all()):
+        if self.forecasting and not bool(compute.all()):
             self.weights = traj.weights[step] = forecast_weights(t_rows, traj.ref_t, traj.prev_t, compute)
         traj.step = step
         traj.decisions[step] = decision
