@@ -4,8 +4,9 @@
     python notebooks/build_notebooks.py --check  # exit 1 when a committed notebook differs
 
 The notebooks are generated so that a review reads Python, not JSON; edit the cells here and
-rerun. What the cells call lives in `calibration/analysis/` (one module per notebook). Cell ids are derived from the notebook name and position, so a rebuild of unchanged cells
-is byte-identical (the tests check that the committed files match this script).
+rerun. What the cells call lives in `calibration/analysis/` (one module per notebook). Cell ids
+are derived from the notebook name and position, so a rebuild of unchanged cells is
+byte-identical (the tests check that the committed files match this script).
 """
 
 from __future__ import annotations
@@ -198,11 +199,12 @@ POLICIES = [
             print(f"no fit or policy given: fitted a small tiny-wan store: {fit_path}, {policy_path}")
         result = None
         if fit_path is not None:
-            result = pa.load_fit(require(fit_path, "fit result", "Fit a store: `sencache-calibrate fit --db calib.duckdb`."))
+            result = pa.load_fit(require(fit_path, "fit result", "Fit one: `sencache-calibrate fit --db calib.duckdb`."))
             print(f"fit of {result['model']['name']}: objective {result['objective']}, {result['trials']} trials, "
                   f"validated on {result['validation']}")
         if policy_path is not None:
-            policy = Policy.load(require(policy_path, "policy", "Export one: `sencache-calibrate export --db calib.duckdb --out policy.json`."))
+            fix = "Export one: `sencache-calibrate export --db calib.duckdb --out policy.json`."
+            policy = Policy.load(require(policy_path, "policy", fix))
         else:  # a fit result alone: build its policy from the fitted store
             policy = pa.policy_of_fit(result, fit_path)
             if policy is None:

@@ -43,7 +43,8 @@ def load_bench(path: str | Path) -> tuple[Path, dict[str, Any]]:
         raise FileNotFoundError(f"bench result {path}: no such file. Run one: "
                                 "`sencache-calibrate bench --model toy-wan --policy POLICY --out bench/`.")
     bench = json.loads(path.read_text())
-    if not isinstance(bench, dict) or bench.get("format", "sencache-bench") != "sencache-bench" or "results" not in bench:
+    if not isinstance(bench, dict) or bench.get("format", "sencache-bench") != "sencache-bench" \
+            or "results" not in bench:
         raise ValueError(f"{path}: not a SenCache bench result (no `results`)")
     return path, bench
 
@@ -148,7 +149,8 @@ def plot_matched(matched: pd.DataFrame, results: pd.DataFrame, model: str = "?")
         for xi, yi in zip(x[reached], y[reached]):
             ax.annotate(f"{yi:.1f}", (xi, yi), fontsize=7, xytext=(6, 0), textcoords="offset points", va="center")
         for xi in x[~reached]:
-            ax.annotate("not\nreached", (xi, 0.02), xycoords=("data", "axes fraction"), fontsize=7, ha="center", color=c)
+            ax.annotate("not\nreached", (xi, 0.02), xycoords=("data", "axes fraction"), fontsize=7, ha="center",
+                        color=c)
     ax.set_xticks(list(xs.values()), [f"NFE {f:g}" for f in xs])
     ax.set_xlim(-0.6, len(xs) - 0.4)
     ax.set_ylabel("PSNR vs full compute (dB)")

@@ -102,12 +102,14 @@ def plot_pareto(result: Mapping[str, Any] | None, policy: Policy | None = None) 
     ax = fig.subplots()
     if result is not None:
         front = pd.DataFrame(result["pareto_front"]).sort_values("nfe_fraction")
-        ax.plot(front["nfe_fraction"], front["error"], "o-", color="0.45", ms=6, label="Pareto front (calibration runs)")
+        ax.plot(front["nfe_fraction"], front["error"], "o-", color="0.45", ms=6,
+                label="Pareto front (calibration runs)")
         where = str(result.get("validation", "validation")).split()[0]
         for i, p in enumerate(result["operating_points"]):
             chosen, valid = p.get("calib"), p.get("validation") or {}
             if chosen:
-                ax.plot(chosen["nfe_fraction"], chosen["error"], "*", ms=16, color=color(i), label=f"{p['name']} (chosen)")
+                ax.plot(chosen["nfe_fraction"], chosen["error"], "*", ms=16, color=color(i),
+                        label=f"{p['name']} (chosen)")
             if valid:
                 ax.plot(valid["nfe_fraction"], valid["error"], "o", ms=11, mfc="none", mew=2, color=color(i),
                         label=f"{p['name']} on {where}")
@@ -198,8 +200,8 @@ def run_masks(policy: Policy, prompts: Sequence[str], steps: int | None = None, 
     for name in policy.operating_point_names:
         handle = sencache.apply(pipe, policy, operating_point=name)
         try:
-            pipe(prompt=list(prompts), negative_prompt=[""] * len(prompts), generator=torch.Generator().manual_seed(seed),
-                 output_type="latent", **kwargs)
+            pipe(prompt=list(prompts), negative_prompt=[""] * len(prompts),
+                 generator=torch.Generator().manual_seed(seed), output_type="latent", **kwargs)
             reports[name] = handle.report()
         finally:
             sencache.remove(pipe)

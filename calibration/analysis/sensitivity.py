@@ -132,7 +132,8 @@ def plot_sensitivities(data: SensitivityData) -> Figure:
     _spread(right, data.sens.dropna(subset=["J_t"]), "J_t", "J_t  = ‖Δf‖ / |Δt|")
     left.set_title("Sensitivity to the latent, J_x")
     right.set_title("Sensitivity to the timestep, J_t")
-    fig.suptitle(f"Sensitivities over the trajectory ({data.estimator} estimator, {data.sens['run_id'].nunique()} runs)")
+    runs = data.sens["run_id"].nunique()
+    fig.suptitle(f"Sensitivities over the trajectory ({data.estimator} estimator, {runs} runs)")
     return fig
 
 
