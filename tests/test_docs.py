@@ -266,3 +266,152 @@ def test_readme_commands_parse():
         pytest.skip(f"README.md shows no `{PROG}` command")
     bad = [f"line {n}: `{c}`: {p}" for n, c in lines if (p := _parses(_argv(c))) is not None]
     assert not bad, "README.md shows commands the CLI does not accept:\n" + "\n".join(bad)
+
+
+# --- docs/design.md ---------------------------------------------------------------------------
+
+DESIGN = ROOT / "docs" / "design.md"
+#: `(docs/design.md, "The rule")`: a citation of one section; the name may wrap over lines
+_CITATION = re.compile(r'docs/design\.md\s*[,:]\s*"([^"]+)"')
+_SKIP_DIRS = {".git", ".venv", "__pycache__", ".pytest_cache", ".hypothesis", "node_modules"}
+
+
+def _design() -> str:
+    return DESIGN.read_text(encoding="utf-8")
+
+
+def design_headings(text: str) -> set[str]:
+    """The text of every Markdown heading (`#` to `######`) outside fenced blocks."""
+    fenced = {b["line"] + k for b in fenced_blocks(text) for k in range(-1, len(b["code"].splitlines()) + 1)}
+    return {m.group(1).strip() for n, line in enumerate(text.splitlines(), start=1)
+            if n not in fenced and (m := re.match(r"^#{1,6}\s+(.+?)\s*#*\s*$", line))}
+
+
+def _sources(root: Path) -> list[Path]:
+    """The repository's .py and .md files, but the design itself and this file (which cites examples)."""
+    return [path for path in sorted(root.rglob("*"))
+            if path.suffix in {".py", ".md"} and not _SKIP_DIRS & set(path.relative_to(root).parts)
+            and path not in (DESIGN, Path(__file__).resolve())]
+
+
+def design_citations(root: Path = ROOT) -> list[tuple[str, str]]:
+    """(file, section) for every `docs/design.md, "<section>"` in the repository's .py and .md files."""
+    found = []
+    for path in _sources(root):
+        text = path.read_text(encoding="utf-8", errors="replace")
+        for m in _CITATION.finditer(text):
+            found.append((str(path.relative_to(root)), " ".join(m.group(1).split())))
+    return found
+
+
+def test_citation_scanner_reads_wrapped_names(tmp_path):
+    # Guard for the test below: a docstring may wrap the section name over two lines.
+    (tmp_path / "a.py").write_text('"""x (docs/design.md, "What an\n    experiment found") y."""\n')
+    (tmp_path / "b.md").write_text('see docs/design.md: "The rule"\n')
+    assert design_citations(tmp_path) == [("a.py", "What an experiment found"), ("b.md", "The rule")]
+    assert design_headings("# A\n```\n# not a heading\n```\n## B c ##\n") == {"A", "B c"}
+
+
+def test_nothing_cites_the_design_outside_the_repository():
+    # The design used to live in a DESIGN.md outside the repository; citations go to docs/design.md.
+    stale = [(str(path.relative_to(ROOT)), line.strip()) for path in _sources(ROOT)
+             for line in path.read_text(encoding="utf-8", errors="replace").splitlines() if "DESIGN.md" in line]
+    assert not stale, f"cite docs/design.md instead of DESIGN.md: {stale}"
+
+
+def test_every_cited_section_of_the_design_exists():
+    # Code and tests cite the design by section; a renamed or dropped section breaks the citation.
+    citations = design_citations()
+    assert len(citations) >= 6, f"the scan found only {citations}: is the citation pattern still used?"
+    headings = design_headings(_design())
+    missing = [f"{file}: {section!r}" for file, section in citations if section not in headings]
+    assert not missing, f"docs/design.md has no heading for: {missing}; its headings: {sorted(headings)}"
+
+
+def policy_format_tables(text: str) -> dict[str, dict[str, str]]:
+    """From the "The policy format" section: object -> {field: its type cell}.
+
+    The object is named by the line above each table: "Top level" -> "", "`model` (`ModelInfo`):"
+    -> "model", "Each of `operating_points` ...:" -> "operating_points".
+    """
+    section = text.split("\n## The policy format\n", 1)[1].split("\n## ", 1)[0]
+    tables: dict[str, dict[str, str]] = {}
+    current, lines = None, section.splitlines()
+    for i, line in enumerate(lines):
+        if line.startswith("| field |"):
+            label = next(lines[j] for j in range(i - 1, -1, -1) if lines[j].strip())
+            current = "" if label.startswith("Top level") else re.search(r"`([a-z_]+)`", label).group(1)
+            tables[current] = {}
+        elif current is not None and line.startswith("|") and not line.startswith("|---"):
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            tables[current][cells[0].strip("`")] = cells[1]
+        elif not line.startswith("|"):
+            current = None
+    return tables
+
+
+def test_the_policy_format_tables_are_the_fields_policies_writes():
+    # The specification in docs/design.md must list exactly the keys `Policy.to_dict()` writes,
+    # object by object, and mark as optional exactly the optional ones.
+    from policies import ModelInfo, OperatingPoint, Policy, Predictor, SchedulerInfo, SensitivityTable
+    from policies.policy import KEYS
+
+    tables = policy_format_tables(_design())
+    assert set(tables) == {"", "model", "scheduler", "sensitivity", "predictor", "operating_points"}
+    assert list(tables[""]) == list(KEYS)
+    for name, cls in (("model", ModelInfo), ("scheduler", SchedulerInfo), ("sensitivity", SensitivityTable),
+                      ("predictor", Predictor)):
+        assert list(tables[name]) == list(cls.KEYS), name
+    point_fields = tables["operating_points"]
+    assert list(point_fields) == list(OperatingPoint.KEYS + OperatingPoint.OPTIONAL_KEYS)
+    optional = [k for k, kind in point_fields.items() if "optional" in kind]
+    assert optional == list(OperatingPoint.OPTIONAL_KEYS)
+    written_points: set[str] = set()
+    for shipped in sorted((ROOT / "policies").glob("*.json")):
+        data = Policy.load(shipped).to_dict()
+        assert set(data) == set(tables[""]), shipped.name
+        for name in ("model", "scheduler", "sensitivity", "predictor"):
+            assert set(data[name]) == set(tables[name]), f"{shipped.name}: {name}"
+        for point in data["operating_points"]:
+            assert set(point) <= set(point_fields), f"{shipped.name}: {sorted(set(point) - set(point_fields))}"
+            assert set(point) >= set(OperatingPoint.KEYS)
+            written_points |= set(point)
+    assert written_points == set(point_fields), "the shipped policies should show every field, `forecast` too"
+
+
+def _toy_policy() -> dict:
+    return json.loads((ROOT / "policies" / "toy-wan.json").read_text())
+
+
+def _objects(data: dict) -> dict[str, dict]:
+    return {"": data, "model": data["model"], "scheduler": data["scheduler"], "sensitivity": data["sensitivity"],
+            "predictor": data["predictor"], "operating_points": data["operating_points"][0]}
+
+
+FORMAT_FIELDS = [(obj, f) for obj, fields in policy_format_tables(DESIGN.read_text(encoding="utf-8")).items()
+                 for f in fields] if DESIGN.exists() else []
+
+
+@pytest.mark.parametrize(("obj", "field"), FORMAT_FIELDS, ids=[f"{o or 'top'}.{f}" for o, f in FORMAT_FIELDS])
+def test_loading_refuses_a_policy_without_a_required_field(obj, field):
+    # docs/design.md, "The policy format": "a missing key, or a key that is not listed, is refused".
+    from policies import Policy, PolicyError
+
+    tables = policy_format_tables(_design())
+    data = _toy_policy()
+    _objects(data)[obj].pop(field, None)
+    if "optional" in tables[obj][field]:
+        Policy.from_dict(data)  # an optional field may be left out
+        return
+    with pytest.raises(PolicyError, match=re.escape(field)):
+        Policy.from_dict(data)
+
+
+@pytest.mark.parametrize("obj", ["", "model", "scheduler", "sensitivity", "predictor", "operating_points"])
+def test_loading_refuses_a_field_the_format_does_not_list(obj):
+    from policies import Policy, PolicyError
+
+    data = _toy_policy()
+    _objects(data)[obj]["colour"] = "blue"
+    with pytest.raises(PolicyError, match="colour.*not a field"):
+        Policy.from_dict(data)
