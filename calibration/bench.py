@@ -1,4 +1,4 @@
-"""`bench`: SenCache against its peers on the same model, prompts and seeds (DESIGN.md, "Bench").
+"""`bench`: SenCache against its peers on the same model, prompts and seeds (docs/design.md, "The bench").
 
 For every method and every knob of its sweep, each held-out (prompt, seed) is generated and
 compared with the full-compute output of the same pair: PSNR and SSIM of the decoded frames,

@@ -197,7 +197,7 @@ def _choose_points(front: list[optuna.trial.FrozenTrial], space: SearchSpace, ta
     """Per target: the best front trial at or below it, and the nearest above it, each scaled to the
     target (`_refine`), and evenly spaced skipping at the target; the lower calib error wins.
 
-    Evenly spaced skipping is a candidate because it is the baseline to beat (DESIGN.md, "What an
+    Evenly spaced skipping is a candidate because it is the baseline to beat (docs/design.md, "What an
     experiment found"): with few trials the search can miss it, and a fitted point that is worse
     than it on the calibration runs has no reason to ship. A point taken from it says so
     (``origin: "uniform"``) in the fit result, so nobody mistakes it for the score at work.

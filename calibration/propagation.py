@@ -4,7 +4,8 @@ For each chosen step p the trajectory is rerun with a small perturbation δ adde
 output at step p, the same δ on every CFG branch so the guided output moves by exactly δ
 (`u + s(c − u)` with u, c both shifted by δ moves by δ). δ is a seeded Gaussian direction
 scaled to RMS `scale · ‖f_p‖`. Then `G(p) = ‖x_N' − x_N‖ / ‖δ‖` (RMS), the factor that turns a
-local output error at step p into a final-latent error (DESIGN, "What an experiment found").
+local output error at step p into a final-latent error (docs/design.md,
+"What an experiment found").
 """
 
 from __future__ import annotations

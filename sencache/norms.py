@@ -1,7 +1,7 @@
 """Per-sample RMS norms: `‖v‖ = sqrt(mean(v²))` over every non-batch dimension.
 
 RMS rather than Frobenius so that thresholds do not depend on resolution or frame count
-(DESIGN.md, "The rule"). Computed in float32 whatever the model's dtype.
+(docs/design.md, "The rule"). Computed in float32 whatever the model's dtype.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The SenCache rule, as a pure function of one denoising step (DESIGN.md, "The rule").
+"""The SenCache rule, as a pure function of one denoising step (docs/design.md, "The rule").
 
     S_i = a·J_x(t_r)·‖x_i − x_r‖ + b·J_t(t_r)·|t_i − t_r| + c
     skip iff  warmup ≤ i < N − final,  S_i ≤ ε(i / (N − 1)),  and fewer than K skips in a row.

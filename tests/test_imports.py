@@ -1,4 +1,4 @@
-"""The runtime must import without the calibration stack (DESIGN.md, "Layout")."""
+"""The runtime must import without the calibration stack (docs/design.md, "Layout")."""
 
 import json
 import subprocess

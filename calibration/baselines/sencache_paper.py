@@ -2,8 +2,8 @@
 
 Sensitivities come from the fitted policy's table when one is given for the same model (it was
 measured by `collect` into the store), else from a quick trajectory estimate on a calibration
-prompt (DESIGN.md, "Sensitivity estimation"): one full run records x_i, t_i, f(x_i, t_i), then one
-extra forward per step gives g_i = f(x_i, t_{i+1}) and
+prompt (docs/design.md, "Sensitivity estimation and measured errors"): one full run records
+x_i, t_i, f(x_i, t_i), then one extra forward per step gives g_i = f(x_i, t_{i+1}) and
 
     J_t(t_i) = ‖g_i − f(x_i, t_i)‖ / |t_{i+1} − t_i|,   J_x(t_i) = ‖f(x_{i+1}, t_{i+1}) − g_i‖ / ‖x_{i+1} − x_i‖.
 

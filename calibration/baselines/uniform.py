@@ -1,4 +1,5 @@
-"""`uniform`: static skipping at evenly spaced steps (the baseline to beat, DESIGN.md).
+"""`uniform`: static skipping at evenly spaced steps (the baseline to beat: docs/design.md,
+"What an experiment found").
 
 The knob is the fraction of steps that compute: `round(f x N)` steps (at least 2), evenly
 spaced from the first step to the last, so both always compute. A skipped step reuses each
