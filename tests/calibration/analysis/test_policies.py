@@ -57,6 +57,13 @@ def test_points_table_reads_the_fit_result_and_leaves_fit_only_columns_empty_for
     assert from_policy["expected_nfe_fraction"].tolist() == [p.expected_nfe_fraction for p in policy.operating_points]
 
 
+def test_points_table_prefers_the_fit_result_when_both_are_given():
+    # The notebook passes both; the fit result's points say more (origin, target) than the policy's.
+    table = pa.points_table(_fit_result(), Policy.load(SHIPPED))
+    assert list(table.index) == ["quality", "fast"]
+    assert table["origin"].tolist() == ["search", "uniform"]
+
+
 def test_operating_points_of_a_fit_result_drop_the_fit_only_keys():
     points = pa.operating_points(_fit_result())
     assert [p.name for p in points] == ["quality", "fast"]
