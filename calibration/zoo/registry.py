@@ -17,10 +17,12 @@ from policies.errors import InputError
 __all__ = [
     "MODELS_DIR",
     "TINY_CALL_ARGS",
+    "TINY_CALL_OVERRIDES",
     "TINY_MODELS",
     "TOY_MODELS",
     "ZooCard",
     "load_card",
+    "tiny_call_args",
     "zoo_folder",
 ]
 
@@ -40,6 +42,14 @@ TINY_CALL_ARGS: dict[str, Any] = {
     "max_sequence_length": 16,
     "num_inference_steps": 10,
 }
+
+#: per tiny fixture, the call arguments its pipeline needs beyond (or instead of) TINY_CALL_ARGS
+TINY_CALL_OVERRIDES: dict[str, dict[str, Any]] = {}
+
+
+def tiny_call_args(name: str) -> dict[str, Any]:
+    """The call arguments of tiny fixture `name`: TINY_CALL_ARGS with its overrides."""
+    return {**TINY_CALL_ARGS, **TINY_CALL_OVERRIDES.get(name, {})}
 
 
 @dataclass
