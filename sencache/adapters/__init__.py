@@ -1,21 +1,19 @@
 """The architecture descriptions, one file each, and the one registry every stage looks them up in.
 
-Adding an architecture is one file here (see wan.py) and one line in `ARCHITECTURES`. Lookups go
-by class: a subclass of a supported transformer is served by its parent's description, and a
-`torch.compile`d transformer by its original module's.
+Adding an architecture is one file here defining `ARCHITECTURE` (see wan.py) and one line in
+`_DESCRIPTIONS`. Lookups go by class: a subclass of a supported transformer is served by its
+parent's description, and a `torch.compile`d transformer by its original module's.
 """
 
 from __future__ import annotations
 
+from importlib import import_module
 from typing import Any
 
 import torch
 
 from policies.errors import InputError
 from sencache.adapters.base import Architecture, BlockStackAdapter, scale_says_cfg
-from sencache.adapters.cogvideox import COGVIDEOX
-from sencache.adapters.ltx import LTX
-from sencache.adapters.wan import WAN
 
 __all__ = [
     "ADAPTERS",
@@ -30,12 +28,15 @@ __all__ = [
     "unwrap",
 ]
 
-#: every supported architecture, in the order tables list them
-ARCHITECTURES: tuple[Architecture, ...] = (
-    WAN,
-    COGVIDEOX,
-    LTX,
+#: the description files of this package (`<name>.py`, each defining `ARCHITECTURE`), in table order
+_DESCRIPTIONS = (
+    "wan",
+    "cogvideox",
+    "ltx",
 )
+
+#: every supported architecture, in the order tables list them
+ARCHITECTURES: tuple[Architecture, ...] = tuple(import_module(f"{__name__}.{n}").ARCHITECTURE for n in _DESCRIPTIONS)
 
 #: transformer class name -> description (for messages and for reading stored class names)
 ADAPTERS: dict[str, Architecture] = {a.class_name: a for a in ARCHITECTURES}

@@ -20,7 +20,7 @@ def _loop_latents(pipe: Any, z: torch.Tensor) -> torch.Tensor:
     return z.permute(0, 2, 1, 3, 4) * pipe.vae.config.scaling_factor
 
 
-COGVIDEOX = Architecture(
+ARCHITECTURE = Architecture(
     name="cogvideox",
     transformer_class=CogVideoXTransformer3DModel,
     pipeline="CogVideoXPipeline",

@@ -26,7 +26,7 @@ def _loop_latents(pipe: Any, z: torch.Tensor) -> torch.Tensor:
     return pipe._pack_latents(z, pipe.transformer_spatial_patch_size, pipe.transformer_temporal_patch_size)
 
 
-LTX = Architecture(
+ARCHITECTURE = Architecture(
     name="ltx",
     transformer_class=LTXVideoTransformer3DModel,
     pipeline="LTXPipeline",

@@ -29,7 +29,7 @@ def _loop_latents(pipe: Any, z: torch.Tensor) -> torch.Tensor:
     return (z - mean) / std
 
 
-WAN = Architecture(
+ARCHITECTURE = Architecture(
     name="wan",
     transformer_class=WanTransformer3DModel,
     pipeline="WanPipeline",
