@@ -33,6 +33,7 @@ _DESCRIPTIONS = (
     "wan",
     "cogvideox",
     "ltx",
+    "hunyuanvideo",
 )
 
 #: every supported architecture, in the order tables list them
