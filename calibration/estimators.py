@@ -15,6 +15,7 @@ import torch
 
 from calibration.recording import ReferenceLatents
 from policies.errors import InputError
+from sencache.adapters import architecture_for
 
 __all__ = ["check_reference_prompts", "clean_latents", "reference_latents"]
 
@@ -43,21 +44,16 @@ def _video(clip: np.ndarray) -> torch.Tensor:
 
 @torch.no_grad()
 def clean_latents(pipe: Any, clip: np.ndarray) -> torch.Tensor:
-    """The clip's latent in the pipeline's loop layout: Wan (z−mean)/std; CogVideoX permuted ×scale; LTX packed."""
+    """The clip's latent in the pipeline's loop layout (the architecture's `loop_latents`)."""
+    arch = architecture_for(pipe)
+    if arch.loop_latents is None:
+        raise InputError(f"--estimator reference does not know how to encode clips for {arch.name} "
+                         f"(its description in sencache/adapters/{arch.name}.py has no loop_latents); "
+                         "use --estimator trajectory")
     vae = pipe.vae
     video = _video(clip).to(device=vae.device, dtype=vae.dtype)
     z = vae.encode(video).latent_dist.mean.float()
-    name = type(pipe).__name__
-    if name.startswith("Wan"):
-        mean = torch.tensor(vae.config.latents_mean).view(1, -1, 1, 1, 1)
-        std = torch.tensor(vae.config.latents_std).view(1, -1, 1, 1, 1)
-        return (z - mean) / std
-    if name.startswith("CogVideoX"):
-        return z.permute(0, 2, 1, 3, 4) * vae.config.scaling_factor
-    if name.startswith("LTX"):
-        z = pipe._normalize_latents(z, vae.latents_mean, vae.latents_std, vae.config.scaling_factor)
-        return pipe._pack_latents(z, pipe.transformer_spatial_patch_size, pipe.transformer_temporal_patch_size)
-    raise InputError(f"--estimator reference does not know how to encode clips for {name}; use --estimator trajectory")
+    return arch.loop_latents(pipe, z)
 
 
 def reference_latents(pipe: Any, prompt: str, seed: int) -> ReferenceLatents:

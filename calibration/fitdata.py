@@ -18,17 +18,11 @@ import pandas as pd
 
 from calibration.objectives import RunSpec
 from policies import InputError, SchedulerInfo, SensitivityTable
+from sencache.adapters import transformer_class_of_pipeline
 
 __all__ = ["FitData", "load_fit_data"]
 
 logger = logging.getLogger(__name__)
-
-
-_TRANSFORMER_OF = {
-    "WanPipeline": "WanTransformer3DModel",
-    "CogVideoXPipeline": "CogVideoXTransformer3DModel",
-    "LTXPipeline": "LTXVideoTransformer3DModel",
-}
 
 
 #: Keys of `runs.extra` that describe the collect itself, not the pipeline call.
@@ -71,7 +65,7 @@ class FitData:
             return str(extra["transformer_class"])
         pipeline = row.get("pipeline_class")
         if isinstance(pipeline, str) and pipeline:
-            return _TRANSFORMER_OF.get(pipeline, pipeline)
+            return transformer_class_of_pipeline(pipeline) or pipeline
         return "unknown"
 
     def scheduler(self) -> SchedulerInfo:

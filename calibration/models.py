@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from diffusers import DiffusionPipeline
 
-from calibration.zoo.registry import TINY_CALL_ARGS, TINY_MODELS, TOY_MODELS, load_card, zoo_folder
+from calibration.zoo.registry import TINY_MODELS, TOY_MODELS, load_card, tiny_call_args, zoo_folder
 from policies.errors import InputError
 
 __all__ = ["LoadedModel", "load_model"]
@@ -45,7 +45,7 @@ def load_model(spec: str, torch_dtype: torch.dtype | None = None) -> LoadedModel
     if spec in TINY_MODELS:
         from calibration.zoo.architectures import build_pipeline
 
-        return LoadedModel(spec, build_pipeline(TINY_MODELS[spec]), dict(TINY_CALL_ARGS))
+        return LoadedModel(spec, build_pipeline(TINY_MODELS[spec]), tiny_call_args(spec))
     if spec in TOY_MODELS:
         folder = zoo_folder(spec)
         if not (folder / "model_index.json").exists():

@@ -117,10 +117,7 @@ class _Recorder:
     def _cond_rows(self, context: str, batch: int) -> torch.Tensor | None:
         if context != "cond_uncond":
             return None
-        cfg = getattr(self.pipe, "do_classifier_free_guidance", None)
-        if cfg is None:  # CogVideoX keeps only the scale
-            cfg = float(getattr(self.pipe, "_guidance_scale", 1.0) or 1.0) > 1.0
-        if not cfg or batch % 2:
+        if not self.adapter.batched_cfg(self.pipe) or batch % 2:
             return None
         return torch.arange(batch // 2, batch)  # diffusers batches [uncond; cond]
 
@@ -289,7 +286,7 @@ class _Recorder:
         now: dict[str, torch.Tensor] = {"mag": residual[0]}
         block0 = self.probe.get("block0")
         if block0 is not None:
-            m = modulated_input(self.adapter.blocks(self.transformer)[0], block0)
+            m = modulated_input(self.adapter, self.adapter.blocks(self.transformer)[0], block0)
             if m is not None:
                 now["tea"] = pick(m)
             after0 = self.probe.get("block1_hidden")

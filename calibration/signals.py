@@ -16,6 +16,8 @@ from typing import Any
 
 import torch
 
+from sencache.adapters import Architecture
+
 __all__ = ["modulated_input", "ratio", "relative_l1"]
 
 logger = logging.getLogger(__name__)
@@ -41,31 +43,18 @@ def relative_l1(current: torch.Tensor, previous: torch.Tensor) -> list[float | N
     return ratio(num, den)
 
 
-def modulated_input(block: torch.nn.Module, block_args: dict[str, Any]) -> torch.Tensor | None:
-    """Block 0's modulated input for the three supported block classes; None when unknown.
+def modulated_input(architecture: Architecture, block: torch.nn.Module, block_args: dict[str, Any]) -> torch.Tensor | None:
+    """Block 0's modulated input as `architecture` describes it; None when it describes none.
 
-    Wan: `norm1(h)·(1 + scale_msa) + shift_msa` with `(scale_shift_table + temb)`; LTX: the same
-    from its reshaped `temb`; CogVideoX: the video half of `norm1(h, text, temb)` (LayerNormZero).
+    The formula lives in the architecture's description (`Architecture.modulated_input`), e.g.
+    Wan's `norm1(h)·(1 + scale_msa) + shift_msa`.
     """
-    name = type(block).__name__
-    h, temb = block_args.get("hidden_states"), block_args.get("temb")
-    if h is None or temb is None:
+    if architecture.modulated_input is None:
+        return None
+    if block_args.get("hidden_states") is None or block_args.get("temb") is None:
         return None
     try:
-        if name == "WanTransformerBlock":
-            if temb.ndim == 4:
-                shift, scale = (block.scale_shift_table.unsqueeze(0) + temb.float()).chunk(6, dim=2)[:2]
-                shift, scale = shift.squeeze(2), scale.squeeze(2)
-            else:
-                shift, scale = (block.scale_shift_table + temb.float()).chunk(6, dim=1)[:2]
-            return block.norm1(h.float()) * (1 + scale) + shift
-        if name == "LTXVideoTransformerBlock":
-            n = block.scale_shift_table.shape[0]
-            ada = block.scale_shift_table[None, None].to(temb.device) + temb.reshape(h.shape[0], temb.size(1), n, -1)
-            shift, scale = ada[:, :, 0], ada[:, :, 1]
-            return block.norm1(h) * (1 + scale) + shift
-        if name == "CogVideoXBlock":
-            return block.norm1(h, block_args["encoder_hidden_states"], temb)[0]
+        return architecture.modulated_input(block, block_args)
     except Exception as exc:  # a signal is optional: never let it break a collect
-        logger.debug("no TeaCache signal for %s: %s", name, exc)
+        logger.debug("no TeaCache signal for %s: %s", architecture.name, exc)
     return None

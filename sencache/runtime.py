@@ -136,10 +136,7 @@ class _Runtime:
     def _batched_cfg(self, context: Any) -> bool:
         if getattr(context, "name", None) != "cond_uncond" or self.pipe is None:
             return False
-        flag = getattr(self.pipe, "do_classifier_free_guidance", None)
-        if flag is None:  # CogVideoX keeps only the scale
-            flag = float(getattr(self.pipe, "_guidance_scale", 1.0) or 1.0) > 1.0
-        return bool(flag)
+        return self.adapter.batched_cfg(self.pipe)
 
     def _new_trajectory(self, total: int, schedule: np.ndarray) -> _Trajectory:
         self.reset_residuals()

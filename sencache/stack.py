@@ -168,7 +168,7 @@ class _HeadHook(ModelHook):
         try:
             streams = self.adapter.stream_outputs(self.fn_ref.original_forward(**named))
             for block in self.blocks[1:]:
-                streams = self.adapter.stream_outputs(block(**self.adapter.with_streams(named, streams)))
+                streams = self.adapter.stream_outputs(block(**self.adapter.block_kwargs(block, named, streams)))
         finally:
             self.shared.running = False
         return streams

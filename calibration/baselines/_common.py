@@ -27,14 +27,6 @@ __all__ = [
     "transformer_of",
 ]
 
-#: transformer class -> short architecture name used in tables
-_ARCH = {
-    "WanTransformer3DModel": "wan",
-    "CogVideoXTransformer3DModel": "cogvideox",
-    "LTXVideoTransformer3DModel": "ltx",
-}
-
-
 class MethodUnsupported(SenCacheError):
     """The peer method cannot run on this architecture: the bench records it with the reason."""
 
@@ -51,10 +43,8 @@ def transformer_of(pipe: Any) -> torch.nn.Module:
 
 
 def architecture(pipe: Any) -> str:
-    """`wan`, `cogvideox` or `ltx` (an InputError names the supported classes otherwise)."""
-    transformer = transformer_of(pipe)
-    adapter_for(transformer)  # raises with the list of supported classes
-    return _ARCH[type(transformer).__name__]
+    """The short name of the pipeline's architecture (an InputError names the supported classes otherwise)."""
+    return adapter_for(transformer_of(pipe)).name
 
 
 class BaselineHandle:

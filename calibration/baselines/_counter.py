@@ -46,11 +46,12 @@ def _marker(block: torch.nn.Module, linears: list[torch.nn.Linear]) -> torch.nn.
     Not simply the first Linear: CogVideoX's first is the timestep modulation in `norm1`, which
     TeaCache evaluates on its own to decide (a few MACs, but not a block execution).
     """
-    attn = getattr(block, "attn1", None)
-    if isinstance(attn, torch.nn.Module):
-        for module in attn.modules():
-            if isinstance(module, torch.nn.Linear):
-                return module
+    for name in ("attn1", "attn"):
+        attn = getattr(block, name, None)
+        if isinstance(attn, torch.nn.Module):
+            for module in attn.modules():
+                if isinstance(module, torch.nn.Linear):
+                    return module
     return max(linears, key=lambda m: m.weight.numel())
 
 

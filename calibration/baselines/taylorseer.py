@@ -3,7 +3,8 @@
 diffusers' default identifiers (`^blocks.*attn`, `^transformer_blocks.*attn`, matched with
 `re.fullmatch`) match no module of Wan, CogVideoX or LTX, whose attention modules are named
 `attn1`/`attn2`: TaylorSeer would silently do nothing. Here the cached modules are named
-explicitly: every block's attention and feed-forward modules, TaylorSeer's feature caching.
+explicitly: every block's attention and feed-forward modules (the architecture description's
+`forecast_modules`), TaylorSeer's feature caching.
 At a refresh step they run and update their Taylor factors; in between, their outputs are
 predicted (order 1), so their Linears do not run; the blocks' norms and gating still run.
 
@@ -18,23 +19,23 @@ from typing import Any
 import torch
 from diffusers.hooks import TaylorSeerCacheConfig
 
-from calibration.baselines._common import BaselineHandle, MethodUnsupported, architecture, transformer_of
+from calibration.baselines._common import BaselineHandle, MethodUnsupported, transformer_of
 from sencache.adapters import adapter_for
 
 __all__ = ["apply_taylorseer", "cache_identifiers"]
 
-#: per architecture: the block stack's attribute and its attention / feed-forward module names
-_MODULES = {
-    "wan": ("blocks", ("attn1", "attn2", "ffn")),
-    "cogvideox": ("transformer_blocks", ("attn1", "ff")),
-    "ltx": ("transformer_blocks", ("attn1", "attn2", "ff")),
-}
-
 
 def cache_identifiers(pipe: Any) -> list[str]:
     """The `re.fullmatch` patterns of the modules TaylorSeer caches on this pipeline's transformer."""
-    blocks_attr, names = _MODULES[architecture(pipe)]
-    return [rf"{blocks_attr}\.\d+\.({'|'.join(names)})"]
+    transformer = transformer_of(pipe)
+    arch = adapter_for(transformer)
+    patterns = []
+    for attr in arch.block_lists:  # each list's modules: its blocks may be of another kind
+        blocks = getattr(transformer, attr)
+        names = arch.forecast_module_names(blocks[0]) if len(blocks) else ()
+        if names:
+            patterns.append(rf"{attr}\.\d+\.({'|'.join(names)})")
+    return patterns
 
 
 def apply_taylorseer(pipe: Any, knob: int, max_order: int = 1) -> BaselineHandle:

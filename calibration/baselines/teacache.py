@@ -69,7 +69,7 @@ class TeaCacheController:
         self._handle = block0.register_forward_pre_hook(self._grab, with_kwargs=True)
 
     def _grab(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
-        self.pending = modulated_input(module, bind_args(module, args, kwargs))
+        self.pending = modulated_input(self.tracker.adapter, module, bind_args(module, args, kwargs))
 
     def compute_mask(self, context: str, batch: int) -> torch.Tensor | None:
         step, total = self.tracker.step, self.tracker.num_steps
@@ -116,7 +116,7 @@ def fit_coefficients(pipe: Any, call_kwargs: dict[str, Any], prompts: list[str],
         pending: list[torch.Tensor | None] = [None]
 
         def grab_input(module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
-            pending[0] = modulated_input(module, bind_args(module, args, kwargs))
+            pending[0] = modulated_input(adapter, module, bind_args(module, args, kwargs))
 
         def grab_output(module: torch.nn.Module, args: tuple, output: Any) -> None:
             out = output[0] if isinstance(output, tuple) else getattr(output, "sample", output)

@@ -1,4 +1,4 @@
-"""Builders of the three real diffusers pipeline classes at small sizes, with random weights.
+"""Builders of the real diffusers pipeline classes at small sizes, with random weights.
 
 `build_pipeline("wan", TINY)` gives a structure fixture (milliseconds per forward);
 the trained toys of the zoo start from the same builders at `ToySize` values and are then
@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 from diffusers import (
     AutoencoderKLCogVideoX,
+    AutoencoderKLHunyuanVideo,
     AutoencoderKLLTXVideo,
     AutoencoderKLWan,
     CogVideoXDDIMScheduler,
@@ -20,18 +21,29 @@ from diffusers import (
     CogVideoXTransformer3DModel,
     DiffusionPipeline,
     FlowMatchEulerDiscreteScheduler,
+    HunyuanVideoPipeline,
+    HunyuanVideoTransformer3DModel,
     LTXPipeline,
     LTXVideoTransformer3DModel,
     WanPipeline,
     WanTransformer3DModel,
 )
-from transformers import T5Config, T5EncoderModel, UMT5Config, UMT5EncoderModel
+from transformers import (
+    CLIPTextConfig,
+    CLIPTextModel,
+    LlamaConfig,
+    LlamaModel,
+    T5Config,
+    T5EncoderModel,
+    UMT5Config,
+    UMT5EncoderModel,
+)
 
 from calibration.zoo.tokenizer import build_tokenizer
 
 __all__ = ["ARCHITECTURES", "ModelSize", "TINY", "build_pipeline"]
 
-ARCHITECTURES = ("wan", "cogvideox", "ltx")
+ARCHITECTURES = ("wan", "cogvideox", "ltx", "hunyuanvideo")
 
 
 @dataclass(frozen=True)
@@ -206,11 +218,62 @@ def _build_ltx(size: ModelSize) -> LTXPipeline:
     )
 
 
-_BUILDERS = {"wan": _build_wan, "cogvideox": _build_cogvideox, "ltx": _build_ltx}
+def _build_hunyuanvideo(size: ModelSize) -> HunyuanVideoPipeline:
+    # Two text encoders at tiny sizes, each with its own locally built tokenizer: a Llama whose
+    # third-to-last hidden state is the prompt embedding (so at least two layers), and a CLIP
+    # whose pooled output (at the eos token, id 1 here) is the pooled projection.
+    tokenizer, tokenizer_2 = build_tokenizer(), build_tokenizer()
+    text_encoder = LlamaModel(LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=size.text_dim, intermediate_size=size.text_dim * 2,
+        num_hidden_layers=max(2, size.text_layers), num_attention_heads=2, num_key_value_heads=2,
+        max_position_embeddings=128, pad_token_id=0, bos_token_id=None, eos_token_id=1,
+    ))
+    text_encoder_2 = CLIPTextModel(CLIPTextConfig(
+        vocab_size=len(tokenizer_2), hidden_size=size.text_dim, intermediate_size=size.text_dim * 2,
+        num_hidden_layers=size.text_layers, num_attention_heads=2, max_position_embeddings=77,
+        pad_token_id=0, bos_token_id=0, eos_token_id=1,
+    ))
+    z = size.latent_channels
+    c = size.vae_channels
+    # three blocks -> two spatial downsamples (x4); two temporal ones (x4: 9 frames -> 3).
+    vae = AutoencoderKLHunyuanVideo(
+        latent_channels=z,
+        down_block_types=("HunyuanVideoDownBlock3D",) * 3,
+        up_block_types=("HunyuanVideoUpBlock3D",) * 3,
+        block_out_channels=(c, 2 * c, 2 * c),
+        layers_per_block=1,
+        norm_num_groups=min(4, c),
+        spatial_compression_ratio=4,
+        temporal_compression_ratio=4,
+        mid_block_add_attention=False,
+    )
+    transformer = HunyuanVideoTransformer3DModel(
+        in_channels=z,
+        out_channels=z,
+        num_attention_heads=size.heads,
+        attention_head_dim=size.head_dim,
+        num_layers=size.layers,
+        num_single_layers=size.layers,
+        num_refiner_layers=1,
+        mlp_ratio=float(size.ffn_mult),
+        patch_size=2,
+        patch_size_t=1,
+        text_embed_dim=size.text_dim,
+        pooled_projection_dim=size.text_dim,
+        rope_axes_dim=(size.head_dim // 4, 3 * size.head_dim // 8, 3 * size.head_dim // 8),
+    )
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=7.0)
+    return HunyuanVideoPipeline(
+        text_encoder=text_encoder, tokenizer=tokenizer, transformer=transformer, vae=vae, scheduler=scheduler,
+        text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2,
+    )
+
+
+_BUILDERS = {"wan": _build_wan, "cogvideox": _build_cogvideox, "ltx": _build_ltx, "hunyuanvideo": _build_hunyuanvideo}
 
 
 def build_pipeline(architecture: str, size: ModelSize = TINY, seed: int = 0) -> DiffusionPipeline:
-    """Build a random-weight pipeline of `architecture` ("wan", "cogvideox" or "ltx").
+    """Build a random-weight pipeline of `architecture` (one of `ARCHITECTURES`).
 
     The seed fixes the weights, so two builds with the same arguments are identical.
     """
@@ -218,7 +281,8 @@ def build_pipeline(architecture: str, size: ModelSize = TINY, seed: int = 0) -> 
         raise ValueError(f"unknown architecture {architecture!r}; choose one of {', '.join(ARCHITECTURES)}")
     torch.manual_seed(seed)
     pipe = _BUILDERS[architecture](size)
-    for name in ("vae", "text_encoder", "transformer"):
-        getattr(pipe, name).eval()
+    for name in ("vae", "text_encoder", "text_encoder_2", "transformer"):
+        if getattr(pipe, name, None) is not None:
+            getattr(pipe, name).eval()
     pipe.set_progress_bar_config(disable=True)
     return pipe

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from calibration.zoo import data
+from sencache.adapters import architecture_for
 
 __all__ = ["GRID_PROMPTS", "block_stack_share", "zoo_grid"]
 
@@ -67,8 +68,8 @@ def block_stack_share(model: str, repeats: int = 20) -> dict[str, float]:
     loaded.pipe(prompt=data.heldout_prompts()[0], output_type="latent", **loaded.call_kwargs(num_inference_steps=1))
     handle.remove()
 
-    blocks_attr = "transformer_blocks" if hasattr(transformer, "transformer_blocks") else "blocks"
-    blocks = getattr(transformer, blocks_attr)
+    arch = architecture_for(transformer)
+    lists = {attr: getattr(transformer, attr) for attr in arch.block_lists}
 
     def timed() -> float:
         with torch.no_grad():
@@ -81,17 +82,18 @@ def block_stack_share(model: str, repeats: int = 20) -> dict[str, float]:
         return float(np.median(best))
 
     full = timed()
-    joint = type(transformer).__name__.startswith("CogVideoX")  # its blocks return (video, text)
-    setattr(transformer, blocks_attr, torch.nn.ModuleList([_Skip(joint) for _ in blocks]))
+    for attr, blocks in lists.items():  # text-stream blocks return (video, text)
+        setattr(transformer, attr, torch.nn.ModuleList([_Skip(arch.text_stream) for _ in blocks]))
     try:
         rest = timed()
     finally:
-        setattr(transformer, blocks_attr, blocks)
+        for attr, blocks in lists.items():
+            setattr(transformer, attr, blocks)
     return {"forward_ms": full * 1e3, "outside_blocks_ms": rest * 1e3, "block_share": (full - rest) / full}
 
 
 class _Skip(torch.nn.Module):
-    """A block that returns its inputs: hidden states (and, for CogVideoX, the text states)."""
+    """A block that returns its inputs: hidden states (and the text states, for a text-stream architecture)."""
 
     def __init__(self, joint: bool):
         super().__init__()

@@ -41,6 +41,7 @@ from tqdm.auto import tqdm
 from calibration.zoo import data
 from calibration.zoo.architectures import ModelSize, build_pipeline
 from calibration.zoo.registry import TOY_MODELS, ZooCard, zoo_folder
+from sencache.adapters import architecture_for
 
 __all__ = ["TOY_CALL_ARGS", "TOY_SIZES", "TrainConfig", "Trainer", "train_toy"]
 
@@ -169,16 +170,7 @@ class Trainer:
 
     def to_model_space(self, latents: torch.Tensor) -> torch.Tensor:
         """Raw latents -> the tensor the pipeline's denoising loop carries."""
-        vae = self.pipe.vae
-        if self.arch == "wan":
-            mean = torch.tensor(vae.config.latents_mean).view(1, -1, 1, 1, 1)
-            std = torch.tensor(vae.config.latents_std).view(1, -1, 1, 1, 1)
-            return (latents - mean) / std
-        if self.arch == "cogvideox":
-            return latents.permute(0, 2, 1, 3, 4) * vae.config.scaling_factor
-        pipe = self.pipe
-        z = pipe._normalize_latents(latents, vae.latents_mean, vae.latents_std, vae.config.scaling_factor)
-        return pipe._pack_latents(z, pipe.transformer_spatial_patch_size, pipe.transformer_temporal_patch_size)
+        return architecture_for(self.pipe).loop_latents(self.pipe, latents)
 
     # --- text ------------------------------------------------------------------------------
 

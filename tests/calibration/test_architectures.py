@@ -31,4 +31,18 @@ def test_same_seed_same_weights_and_unknown_architecture_refused():
     assert all(torch.equal(a[k], b[k]) for k in a)
     with pytest.raises(ValueError, match="unknown architecture"):
         build_pipeline("sora")
-    assert ARCHITECTURES == ("wan", "cogvideox", "ltx")
+    assert ARCHITECTURES == ("wan", "cogvideox", "ltx", "hunyuanvideo")
+
+
+def test_tiny_hunyuanvideo_generates_and_round_trips(tmp_path):
+    # two text encoders (a Llama and a CLIP), each with a locally built tokenizer; no hub
+    loaded = load_model("tiny-hunyuanvideo")
+    assert type(loaded.pipe.text_encoder).__name__ == "LlamaModel"
+    assert type(loaded.pipe.text_encoder_2).__name__ == "CLIPTextModel"
+    frames = generate(loaded, "a red circle moving left on a blue background", output_type="np", num_inference_steps=2)
+    assert frames.shape == (1, 9, 32, 32, 3) and np.isfinite(frames).all()
+    before = generate(loaded, "a green square moving up", seed=3, num_inference_steps=3)
+    loaded.pipe.save_pretrained(tmp_path)
+    loaded.pipe = load_model(str(tmp_path)).pipe
+    assert type(loaded.pipe).__name__ == "HunyuanVideoPipeline"
+    assert torch.equal(generate(loaded, "a green square moving up", seed=3, num_inference_steps=3), before)

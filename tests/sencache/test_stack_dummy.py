@@ -32,7 +32,7 @@ class Dummy(torch.nn.Module):
         return hidden_states
 
 
-ADAPTER = BlockStackAdapter(class_name="Dummy", blocks_attr="blocks")
+ADAPTER = BlockStackAdapter(name="dummy", transformer_class=Dummy, pipeline="", block_lists=("blocks",))
 
 
 class Fixed:
