@@ -23,12 +23,15 @@ from sencache.report import RunReport
 from sencache.rule import RuleParams
 from sencache.runtime import MODEL_HOOK, _ModelHook, _Runtime
 from sencache.stack import StackHooks, install_stack, remove_stack
+from sencache.taylor import install_forecast, remove_forecast
 
 __all__ = ["SenCacheHandle", "apply", "remove", "rule_params"]
 
 logger = logging.getLogger("sencache")
 
 _HANDLE_ATTR = "_sencache_handle"
+#: order of forecast "taylor": 1 measured closer to full compute than 2 on toy-wan (README)
+TAYLOR_ORDER = 1
 
 
 def rule_params(policy: Policy, operating_point: str | None = None, speedup: float | None = None) -> tuple[RuleParams, str]:
@@ -81,6 +84,7 @@ def apply(
     operating_point: str | None = None,
     speedup: float | None = None,
     strict: bool = True,
+    factors_dtype: torch.dtype | None = None,
 ) -> SenCacheHandle:
     """Apply `policy` to a pipeline (or a bare transformer); returns a handle with `report()`.
 
@@ -90,6 +94,10 @@ def apply(
         operating_point: name of the policy's operating point (default: the policy's default).
         speedup: alternatively, the wanted speedup; picks the closest operating point.
         strict: refuse a policy fitted for another model (fingerprint mismatch); with False, warn.
+        factors_dtype: under forecast "taylor" only, the dtype of the kept Taylor factors and of
+            the forecast arithmetic. None (default): float32 where the model runs in float16 or
+            bfloat16, else the model's dtype. bfloat16 halves the memory
+            (`sencache.taylor_memory`) at the cost of rounding in long extrapolations.
 
     Applying again replaces the earlier SenCache hooks; it never stacks.
     """
@@ -103,6 +111,10 @@ def apply(
     runtime = _Runtime(params, adapter, pipe, point_name)
     stack = install_stack(transformer, adapter, runtime)
     runtime.reset_residuals = stack.reset
+    if params.forecast == "taylor":  # --- forecast "taylor" (sencache/taylor.py)
+        forecast = install_forecast(transformer, adapter, order=TAYLOR_ORDER, factors_dtype=factors_dtype)
+        runtime.module_forecast = forecast
+        runtime.reset_residuals = lambda: (stack.reset(), forecast.reset())
     HookRegistry.check_if_exists_or_initialize(transformer).register_hook(_ModelHook(runtime), MODEL_HOOK)
     handle = SenCacheHandle(transformer, runtime, stack, policy)
     setattr(transformer, _HANDLE_ATTR, handle)
@@ -118,6 +130,7 @@ def _remove_transformer(transformer: torch.nn.Module) -> bool:
     if registry is not None:
         registry.remove_hook(MODEL_HOOK, recurse=False)
     remove_stack(transformer, handle._stack.adapter)
+    remove_forecast(transformer, handle._stack.adapter)
     delattr(transformer, _HANDLE_ATTR)
     return True
 

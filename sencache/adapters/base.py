@@ -30,6 +30,9 @@ class BlockStackAdapter:
         text_stream: True when a block returns `(hidden_states, encoder_hidden_states)` and the
             text stream's residual must be cached too.
         unbatched_block_args: block arguments shared by every sample (never sliced).
+        forecast_modules: names of the modules inside a block that forecast "taylor" may
+            replace by a forecast of their output (attention, feed-forward); empty: that
+            forecast is refused for this class.
     """
 
     class_name: str
@@ -38,6 +41,7 @@ class BlockStackAdapter:
     timestep_arg: str = "timestep"
     text_stream: bool = False
     unbatched_block_args: frozenset[str] = field(default_factory=frozenset)
+    forecast_modules: tuple[str, ...] = ()
 
     def blocks(self, transformer: torch.nn.Module) -> torch.nn.ModuleList:
         return getattr(transformer, self.blocks_attr)

@@ -7,4 +7,5 @@ COGVIDEOX = BlockStackAdapter(
     blocks_attr="transformer_blocks",
     text_stream=True,
     unbatched_block_args=frozenset({"image_rotary_emb"}),
+    forecast_modules=("attn1", "ff"),
 )

@@ -5,4 +5,5 @@ from sencache.adapters.base import BlockStackAdapter
 LTX = BlockStackAdapter(
     class_name="LTXVideoTransformer3DModel",
     blocks_attr="transformer_blocks",
+    forecast_modules=("attn1", "attn2", "ff"),
 )

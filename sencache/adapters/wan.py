@@ -6,4 +6,5 @@ WAN = BlockStackAdapter(
     class_name="WanTransformer3DModel",
     blocks_attr="blocks",
     unbatched_block_args=frozenset({"rotary_emb"}),
+    forecast_modules=("attn1", "attn2", "ffn"),
 )
