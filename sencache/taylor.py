@@ -109,7 +109,8 @@ class _Factors(BaseState):
             new = [out.detach().to(values[0].dtype)]
             for j, (ok, span) in enumerate(((ok1, span1), (ok2, span2))[:order]):
                 old = values[j].index_select(0, rows)
-                diff = (new[j] - old) / _rows(torch.where(ok, span, torch.ones_like(span)), new[j])
+                span_ok = _rows(torch.where(ok, span, torch.ones_like(span)), new[j]).to(old.dtype)
+                diff = (new[j] - old) / span_ok
                 new.append(torch.where(_rows(ok, diff), diff, torch.zeros_like(diff)))
             for j, value in enumerate(new):
                 values[j].index_copy_(0, rows, value)

@@ -1,0 +1,100 @@
+"""How much memory forecast "taylor" keeps: per sample, per cache context.
+
+Every forecast module of every block keeps ``order + 1`` factors the size of its output, for
+every row and every cache context (Wan calls cond and uncond separately: two contexts; CogVideoX
+and LTX batch CFG into one context of twice the rows). That is ``blocks × modules × (order + 1)``
+activations where plain reuse keeps one residual, so on a large model it decides whether the
+mode fits at all: `factor_bytes` says so from the transformer's config before a run, and
+`kept_bytes` measures what a run really kept.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from policies.errors import InputError
+
+__all__ = ["MODULE_OUTPUTS", "FactorMemory", "factor_bytes", "kept_bytes"]
+
+#: Per class, per forecast module: the token sets of its outputs ("video", "text" or both
+#: concatenated), each of width `num_attention_heads · attention_head_dim`. From the blocks'
+#: forwards in diffusers: CogVideoX's attn1 returns (video, text) and its ff runs on text+video.
+MODULE_OUTPUTS: dict[str, dict[str, tuple[str, ...]]] = {
+    "WanTransformer3DModel": {"attn1": ("video",), "attn2": ("video",), "ffn": ("video",)},
+    "CogVideoXTransformer3DModel": {"attn1": ("video", "text"), "ff": ("video+text",)},
+    "LTXVideoTransformer3DModel": {"attn1": ("video",), "attn2": ("video",), "ff": ("video",)},
+}
+
+#: per module and row: the depth (int64) and two timesteps (float32) beside the factors
+_ROW_BOOKKEEPING = 8 + 4 + 4
+
+
+@dataclass(frozen=True)
+class FactorMemory:
+    """Bytes forecast "taylor" keeps for one sample in one cache context."""
+
+    class_name: str
+    blocks: int
+    width: int
+    video_tokens: int
+    text_tokens: int
+    order: int
+    dtype: torch.dtype
+    per_module: dict[str, int]
+
+    @property
+    def per_block(self) -> int:
+        return sum(self.per_module.values())
+
+    @property
+    def total(self) -> int:
+        return self.per_block * self.blocks
+
+    def summary(self) -> str:
+        modules = ", ".join(f"{k} {v / 2**20:.1f} MiB" for k, v in self.per_module.items())
+        return (f"{self.class_name}: {self.blocks} blocks x ({modules}) = {self.total / 2**30:.2f} GiB per sample "
+                f"per cache context (order {self.order}, {str(self.dtype).removeprefix('torch.')}, "
+                f"{self.video_tokens} video + {self.text_tokens} text tokens, width {self.width})")
+
+
+def factor_bytes(class_name: str, config: Mapping[str, Any], video_tokens: int, text_tokens: int | None = None,
+                 order: int = 1, dtype: torch.dtype = torch.float32) -> FactorMemory:
+    """Bytes of Taylor factors kept per sample per cache context, from a transformer's config.
+
+    Args:
+        class_name: the transformer class (`type(transformer).__name__`).
+        config: its config (`dict(transformer.config)`): `num_layers`, `num_attention_heads`,
+            `attention_head_dim` (and CogVideoX's `max_text_seq_length` for `text_tokens`).
+        video_tokens: latent tokens per sample (Wan 2.1 at 81×720×1280: 21·45·80 = 75600).
+        text_tokens: text tokens in the stream of a text-stream model (CogVideoX); default its
+            `max_text_seq_length`. Ignored where no forecast module outputs text.
+        order, dtype: the forecast's order and factors dtype (`sencache.apply(factors_dtype=)`).
+    """
+    if class_name not in MODULE_OUTPUTS:
+        raise InputError(f"no forecast memory model for {class_name}; known: {', '.join(sorted(MODULE_OUTPUTS))}")
+    width = int(config["num_attention_heads"]) * int(config["attention_head_dim"])
+    text = int(text_tokens if text_tokens is not None else config.get("max_text_seq_length", 0) or 0)
+    tokens = {"video": int(video_tokens), "text": text, "video+text": int(video_tokens) + text}
+    size = torch.empty((), dtype=dtype).element_size()
+    per_module = {}
+    for name, outputs in MODULE_OUTPUTS[class_name].items():
+        factors = sum(tokens[kind] * width for kind in outputs) * (order + 1) * size
+        per_module[name] = factors + _ROW_BOOKKEEPING
+    return FactorMemory(class_name, int(config["num_layers"]), width, int(video_tokens), text, order, dtype, per_module)
+
+
+def kept_bytes(forecast: Any, context: str) -> int:
+    """Bytes a run really kept per sample in `context` (a `sencache.taylor.ModuleForecast`)."""
+    total, rows = 0, None
+    for hook in forecast.hooks:
+        state = hook.state._state_cache.get(context)
+        if state is None or state.values is None:
+            continue
+        rows = state.depth.shape[0]
+        tensors = [v for values in state.values for v in values] + [state.depth, state.t_last, state.t_prev]
+        total += sum(t.numel() * t.element_size() for t in tensors)
+    return 0 if rows is None else total // rows
