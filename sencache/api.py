@@ -30,7 +30,7 @@ __all__ = ["SenCacheHandle", "apply", "remove", "rule_params"]
 logger = logging.getLogger("sencache")
 
 _HANDLE_ATTR = "_sencache_handle"
-#: order of forecast "taylor": 1 measured closer to full compute than 2 on toy-wan (README)
+#: default order of forecast "taylor" (benchmarks/reuse_modes.py measures 1 against 2)
 TAYLOR_ORDER = 1
 
 
@@ -85,6 +85,7 @@ def apply(
     speedup: float | None = None,
     strict: bool = True,
     factors_dtype: torch.dtype | None = None,
+    taylor_order: int = TAYLOR_ORDER,
 ) -> SenCacheHandle:
     """Apply `policy` to a pipeline (or a bare transformer); returns a handle with `report()`.
 
@@ -98,6 +99,8 @@ def apply(
             the forecast arithmetic. None (default): float32 where the model runs in float16 or
             bfloat16, else the model's dtype. bfloat16 halves the memory
             (`sencache.taylor_memory`) at the cost of rounding in long extrapolations.
+        taylor_order: under forecast "taylor" only, 1 (default) or 2; 2 keeps one more factor
+            per module (1.5x the memory).
 
     Applying again replaces the earlier SenCache hooks; it never stacks.
     """
@@ -112,7 +115,7 @@ def apply(
     stack = install_stack(transformer, adapter, runtime)
     runtime.reset_residuals = stack.reset
     if params.forecast == "taylor":  # --- forecast "taylor" (sencache/taylor.py)
-        forecast = install_forecast(transformer, adapter, order=TAYLOR_ORDER, factors_dtype=factors_dtype)
+        forecast = install_forecast(transformer, adapter, order=taylor_order, factors_dtype=factors_dtype)
         runtime.module_forecast = forecast
         runtime.reset_residuals = lambda: (stack.reset(), forecast.reset())
     HookRegistry.check_if_exists_or_initialize(transformer).register_hook(_ModelHook(runtime), MODEL_HOOK)

@@ -27,7 +27,7 @@ sub-batch (modules in "forecast" mode). Memory: `sencache.taylor_memory`.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -47,24 +47,56 @@ ORDERS = (1, 2)
 _HALF = (torch.float16, torch.bfloat16)
 
 
-@dataclass(frozen=True)
+@dataclass
+class _Rows:
+    """Per cache context, per row: the highest valid order (-1: never computed) and the last two
+    update timesteps (NaN where none). One record for all the context's modules, which always
+    update together, kept on the CPU so that choosing orders never waits on the accelerator."""
+
+    depth: torch.Tensor
+    t_last: torch.Tensor
+    t_prev: torch.Tensor
+
+    @classmethod
+    def fresh(cls, batch: int) -> _Rows:
+        nan = torch.full((batch,), float("nan"), dtype=torch.float64)
+        return cls(torch.full((batch,), -1, dtype=torch.long), nan, nan.clone())
+
+
+@dataclass
 class _Pass:
-    """What the head asks of the forecast modules while it runs the stack on one sub-batch."""
+    """What the head asks of the forecast modules while it runs the stack on one sub-batch.
+
+    `scales[j]` is per row: in an update, ``1 / span`` of the order-(j+1) divided difference (0
+    where the row has no such order yet); in a forecast, the Newton weight of order j+1, i.e.
+    ``t − t_last`` and ``(t − t_last)(t − t_prev)`` (0 where the row lacks that order).
+    """
 
     context: str
     update: bool  # True: run, and update these rows' factors; False: return their forecast
-    rows: torch.Tensor  # long [n]: the sub-batch's rows in the full batch
-    t: torch.Tensor  # float [n]: their timesteps
+    rows: torch.Tensor  # long [n] on the CPU: the sub-batch's rows in the full batch, sorted
     batch: int  # rows of the full batch
+    scales: list[torch.Tensor]
+    used: list[bool]  # per order: whether any row of the sub-batch has it
+    had_history: bool  # some row of this context computed before
+    restart: bool = False  # a module had to start its factors afresh: every order restarts
+    _shaped: dict = field(default_factory=dict)
+
+    @property
+    def whole(self) -> bool:
+        return self.rows.numel() == self.batch  # rows are sorted: every row, no gather or scatter
+
+    def scale(self, j: int, like: torch.Tensor) -> torch.Tensor:
+        """`scales[j]` shaped, placed and typed to multiply `like` [n, ...] (made once per pass)."""
+        key = (j, like.device, like.dtype, like.ndim)
+        if key not in self._shaped:
+            self._shaped[key] = self.scales[j].view(-1, *([1] * (like.ndim - 1))).to(device=like.device, dtype=like.dtype)
+        return self._shaped[key]
 
 
 class _Factors(BaseState):
-    """One module's factors in one cache context, for every row of the batch.
-
-    `values[k][j]` is output k's order-j divided difference, [batch, ...]; `depth[r]` the highest
-    valid order of row r (-1: never computed); `t_last`/`t_prev` the rows' last two update
-    timesteps (NaN where none).
-    """
+    """One module's factors in one cache context: `values[k][j]` is output k's order-j divided
+    difference for every row of the batch, [batch, ...], on the module's device."""
 
     def __init__(self) -> None:
         self.reset()
@@ -72,74 +104,46 @@ class _Factors(BaseState):
     def reset(self) -> None:
         self.values: list[list[torch.Tensor]] | None = None
         self.dtypes: tuple[torch.dtype, ...] = ()
-        self.depth: torch.Tensor | None = None
-        self.t_last: torch.Tensor | None = None
-        self.t_prev: torch.Tensor | None = None
 
-    def ready(self, batch: int) -> torch.Tensor:
-        """Bool [batch]: rows that have computed at least once in this context."""
-        if self.depth is None or self.depth.shape[0] != batch:
-            return torch.zeros(batch, dtype=torch.bool)
-        return (self.depth >= 0).cpu()
-
-    def _allocate(self, outputs: tuple[torch.Tensor, ...], batch: int, order: int, dtype: torch.dtype | None) -> None:
-        device = outputs[0].device
-        self.values = []
-        for out in outputs:
-            kind = dtype or (torch.float32 if out.dtype in _HALF else out.dtype)
-            self.values.append([out.new_zeros((batch, *out.shape[1:]), dtype=kind) for _ in range(order + 1)])
-        self.dtypes = tuple(out.dtype for out in outputs)
-        self.depth = torch.full((batch,), -1, dtype=torch.long, device=device)
-        self.t_last = torch.full((batch,), float("nan"), device=device)
-        self.t_prev = torch.full((batch,), float("nan"), device=device)
+    def fits(self, batch: int) -> bool:
+        return self.values is not None and self.values[0][0].shape[0] == batch
 
     @torch.compiler.disable
     def update(self, outputs: tuple[torch.Tensor, ...], p: _Pass, order: int, dtype: torch.dtype | None) -> None:
-        fits = self.values is not None and self.depth.shape[0] == p.batch and len(self.values) == len(outputs) \
+        fits = self.fits(p.batch) and len(self.values) == len(outputs) \
             and all(v[0].shape[1:] == o.shape[1:] for v, o in zip(self.values, outputs))
         if not fits:
-            self._allocate(outputs, p.batch, order, dtype)
-        device = self.depth.device
-        rows, t = p.rows.to(device), p.t.to(device=device, dtype=torch.float32)
-        depth, t_last, t_prev = self.depth[rows], self.t_last[rows], self.t_prev[rows]
-        span1, span2 = t - t_last, t - t_prev
-        ok1 = (depth >= 0) & (span1.abs() > 1e-12)  # NaN compares False: no earlier update
-        ok2 = ok1 & (depth >= 1) & (span2.abs() > 1e-12)
-        for values, out in zip(self.values, outputs):
+            self.values = []
+            for out in outputs:
+                kind = dtype or (torch.float32 if out.dtype in _HALF else out.dtype)
+                self.values.append([out.new_zeros((p.batch, *out.shape[1:]), dtype=kind) for _ in range(order + 1)])
+            self.dtypes = tuple(out.dtype for out in outputs)
+            p.restart = p.restart or p.had_history
+        for k, (values, out) in enumerate(zip(self.values, outputs)):
             new = [out.detach().to(values[0].dtype)]
-            for j, (ok, span) in enumerate(((ok1, span1), (ok2, span2))[:order]):
-                old = values[j].index_select(0, rows)
-                span_ok = _rows(torch.where(ok, span, torch.ones_like(span)), new[j]).to(old.dtype)
-                diff = (new[j] - old) / span_ok
-                new.append(torch.where(_rows(ok, diff), diff, torch.zeros_like(diff)))
-            for j, value in enumerate(new):
-                values[j].index_copy_(0, rows, value)
-        new_depth = torch.where(ok1, torch.clamp(depth + 1, max=order), torch.zeros_like(depth))
-        self.depth.index_copy_(0, rows, new_depth)
-        self.t_prev.index_copy_(0, rows, torch.where(ok1, t_last, torch.full_like(t, float("nan"))))
-        self.t_last.index_copy_(0, rows, t)
+            for j in range(order):
+                if not p.used[j]:
+                    new.append(torch.zeros_like(new[j]))
+                    continue
+                old = values[j] if p.whole else values[j].index_select(0, p.rows.to(values[j].device))
+                new.append((new[j] - old) * p.scale(j, new[j]))
+            if p.whole:
+                self.values[k] = new
+            else:
+                for j, value in enumerate(new):
+                    values[j].index_copy_(0, p.rows.to(value.device), value)
 
     @torch.compiler.disable
     def forecast(self, p: _Pass) -> tuple[torch.Tensor, ...]:
-        device = self.depth.device
-        rows, t = p.rows.to(device), p.t.to(device=device, dtype=torch.float32)
-        depth, t_last, t_prev = self.depth[rows], self.t_last[rows], self.t_prev[rows]
-        if bool((depth < 0).any()):
-            raise RuntimeError(f"taylor forecast asked for rows {rows[depth < 0].tolist()} that never computed")
-        zero = torch.zeros_like(t)
-        weights = [torch.where(depth >= 1, t - t_last, zero), torch.where(depth >= 2, (t - t_last) * (t - t_prev), zero)]
         outs = []
         for values, kind in zip(self.values, self.dtypes):
-            out = values[0].index_select(0, rows)
-            for j in range(1, len(values)):
-                out = out + _rows(weights[j - 1], out).to(out.dtype) * values[j].index_select(0, rows)
+            picked = values if p.whole else [v.index_select(0, p.rows.to(v.device)) for v in values]
+            out = picked[0]
+            for j in range(1, len(picked)):
+                if p.used[j - 1]:
+                    out = out + p.scale(j - 1, out) * picked[j]
             outs.append(out.to(kind))
         return tuple(outs)
-
-
-def _rows(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """A per-row vector [n] shaped to broadcast against `like` [n, ...]."""
-    return v.view(-1, *([1] * (like.ndim - 1)))
 
 
 class _ForecastHook(ModelHook):
@@ -191,17 +195,49 @@ class ModuleForecast:
         self.order = order
         self.dtype = factors_dtype
         self.active: _Pass | None = None
+        self.rows: dict[str, _Rows] = {}
 
     def ready(self, context: str, batch: int) -> torch.Tensor:
-        """Bool [batch]: rows whose every forecast module has computed in `context`."""
-        ready = torch.ones(batch, dtype=torch.bool)
-        for hook in self.hooks:
-            ready &= hook.factors(context).ready(batch)
-        return ready
+        """Bool [batch]: rows that have computed in `context` (and whose modules kept factors)."""
+        rows = self.rows.get(context)
+        if rows is None or rows.depth.shape[0] != batch or not all(h.factors(context).fits(batch) for h in self.hooks):
+            return torch.zeros(batch, dtype=torch.bool)  # also after diffusers reset the hooks' state
+        return rows.depth >= 0
 
     def reset(self) -> None:
+        self.rows.clear()
         for hook in self.hooks:
             hook.state.reset()
+
+    def _begin(self, context: str, update: bool, rows: torch.Tensor, t: torch.Tensor, batch: int) -> _Pass:
+        record = self.rows.get(context)
+        if record is None or record.depth.shape[0] != batch:
+            record = self.rows[context] = _Rows.fresh(batch)
+        depth, t_last, t_prev = record.depth[rows], record.t_last[rows], record.t_prev[rows]
+        if update:
+            span1, span2 = t - t_last, t - t_prev
+            ok1 = (depth >= 0) & (span1.abs() > 1e-12)  # NaN compares False: no earlier update
+            ok2 = ok1 & (depth >= 1) & (span2.abs() > 1e-12)
+            oks = (ok1, ok2)[: self.order]
+            scales = [torch.where(ok, 1.0 / torch.where(ok, span, 1.0), 0.0) for ok, span in zip(oks, (span1, span2))]
+            used = [bool(ok.any()) for ok in oks]
+        else:
+            scales = [torch.where(depth >= 1, t - t_last, 0.0), torch.where(depth >= 2, (t - t_last) * (t - t_prev), 0.0)]
+            scales = scales[: self.order]
+            used = [bool((w != 0).any()) for w in scales]
+        return _Pass(context, update, rows, batch, scales, used, had_history=bool((record.depth >= 0).any()))
+
+    def _commit(self, p: _Pass, t: torch.Tensor) -> None:
+        """After an update pass: the updated rows' orders and timesteps move on; no other row's."""
+        if p.restart:
+            logger.debug("taylor factors of context %r restarted (a module's output changed shape)", p.context)
+            self.rows[p.context] = _Rows.fresh(p.batch)
+        record = self.rows[p.context]
+        depth, t_last = record.depth[p.rows], record.t_last[p.rows]
+        ok1 = (depth >= 0) & ((t - t_last).abs() > 1e-12)
+        record.depth[p.rows] = torch.where(ok1, torch.clamp(depth + 1, max=self.order), torch.zeros_like(depth))
+        record.t_prev[p.rows] = torch.where(ok1, t_last, float("nan"))
+        record.t_last[p.rows] = t
 
     def run(self, head: Any, named: dict[str, Any], streams_in: tuple[torch.Tensor, ...], batch: int,
             context: str, mask: torch.Tensor | None) -> Any:
@@ -212,11 +248,12 @@ class ModuleForecast:
         timesteps (no decision this call) every row computes and no factor changes.
         """
         timesteps = getattr(head.controller, "row_timesteps", None)
-        t = timesteps(context, batch) if timesteps is not None else None
-        if t is None:
+        t_all = timesteps(context, batch) if timesteps is not None else None
+        if t_all is None:
             streams = head._run_stack(None, named)
             head.controller.stack_ran(context, batch, batch)
             return head.adapter.as_output(streams)
+        t_all = t_all.detach().cpu().double()
         compute = torch.ones(batch, dtype=torch.bool) if mask is None else mask.detach().cpu().bool()
         compute = compute | ~self.ready(context, batch)
         parts = []
@@ -225,11 +262,13 @@ class ModuleForecast:
                 continue
             sub = named if rows.numel() == batch else {
                 k: (v if k in head.adapter.unbatched_block_args else _slice(v, rows, batch)) for k, v in named.items()}
-            self.active = _Pass(context, update, rows, t.detach().float().cpu()[rows], batch)
+            self.active = p = self._begin(context, update, rows, t_all[rows], batch)
             try:
                 parts.append((rows, head._run_stack(None, sub)))
             finally:
                 self.active = None
+            if update:
+                self._commit(p, t_all[rows])
         head.controller.stack_ran(context, int(compute.sum()), batch)
         if len(parts) == 1:
             return head.adapter.as_output(parts[0][1])

@@ -18,7 +18,7 @@ import torch
 
 from policies.errors import InputError
 
-__all__ = ["MODULE_OUTPUTS", "FactorMemory", "factor_bytes", "kept_bytes"]
+__all__ = ["MODULE_OUTPUTS", "ROW_BOOKKEEPING", "FactorMemory", "factor_bytes", "kept_bytes"]
 
 #: Per class, per forecast module: the token sets of its outputs ("video", "text" or both
 #: concatenated), each of width `num_attention_heads · attention_head_dim`. From the blocks'
@@ -29,8 +29,8 @@ MODULE_OUTPUTS: dict[str, dict[str, tuple[str, ...]]] = {
     "LTXVideoTransformer3DModel": {"attn1": ("video",), "attn2": ("video",), "ff": ("video",)},
 }
 
-#: per module and row: the depth (int64) and two timesteps (float32) beside the factors
-_ROW_BOOKKEEPING = 8 + 4 + 4
+#: per row and context: its depth (int64) and last two timesteps (float64), on the CPU
+ROW_BOOKKEEPING = 8 + 8 + 8
 
 
 @dataclass(frozen=True)
@@ -52,7 +52,8 @@ class FactorMemory:
 
     @property
     def total(self) -> int:
-        return self.per_block * self.blocks
+        """Factors of every block, plus the row's orders and timesteps (on the CPU)."""
+        return self.per_block * self.blocks + ROW_BOOKKEEPING
 
     def summary(self) -> str:
         modules = ", ".join(f"{k} {v / 2**20:.1f} MiB" for k, v in self.per_module.items())
@@ -83,18 +84,19 @@ def factor_bytes(class_name: str, config: Mapping[str, Any], video_tokens: int, 
     per_module = {}
     for name, outputs in MODULE_OUTPUTS[class_name].items():
         factors = sum(tokens[kind] * width for kind in outputs) * (order + 1) * size
-        per_module[name] = factors + _ROW_BOOKKEEPING
+        per_module[name] = factors
     return FactorMemory(class_name, int(config["num_layers"]), width, int(video_tokens), text, order, dtype, per_module)
 
 
 def kept_bytes(forecast: Any, context: str) -> int:
     """Bytes a run really kept per sample in `context` (a `sencache.taylor.ModuleForecast`)."""
-    total, rows = 0, None
+    record = forecast.rows.get(context)
+    if record is None:
+        return 0
+    rows = record.depth.shape[0]
+    tensors = [record.depth, record.t_last, record.t_prev]
     for hook in forecast.hooks:
         state = hook.state._state_cache.get(context)
-        if state is None or state.values is None:
-            continue
-        rows = state.depth.shape[0]
-        tensors = [v for values in state.values for v in values] + [state.depth, state.t_last, state.t_prev]
-        total += sum(t.numel() * t.element_size() for t in tensors)
-    return 0 if rows is None else total // rows
+        if state is not None and state.values is not None:
+            tensors += [v for values in state.values for v in values]
+    return sum(t.numel() * t.element_size() for t in tensors) // rows

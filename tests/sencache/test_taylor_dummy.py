@@ -104,8 +104,10 @@ def test_rows_keep_their_own_factors():
     # row 0 computes at t = 8 (24); row 1 skips with one update only: order 0, its t = 10 value 30
     assert step(model, control, [0.0, 0.0], [8.0, 8.0], [True, False]) == [24.0, 30.0]
     assert attn_calls(model) == [3, 3]  # 2 rows, then row 0 alone
-    state = control.module_forecast.hooks[0].factors("default")
-    assert state.t_last.tolist() == [8.0, 10.0]  # row 1's state untouched by row 0's update
+    record = control.module_forecast.rows["default"]
+    assert record.t_last.tolist() == [8.0, 10.0]  # row 1's state untouched by row 0's update
+    factors = control.module_forecast.hooks[0].factors("default").values[0]
+    assert [f.flatten().tolist() for f in factors] == [[8.0, 10.0], [1.0, 0.0]]  # row 1: still one point
     # both skip at t = 6: row 0 extrapolates its line (18), row 1 still has one point (30)
     assert step(model, control, [0.0, 0.0], [6.0, 6.0], [False, False]) == [18.0, 30.0]
     assert attn_calls(model) == [3, 3]
