@@ -9,8 +9,9 @@ For each mask every method skips exactly the same steps, so only the reuse diffe
 * masks ``even/0.5`` and ``even/0.4``: evenly spaced steps (the bench's `uniform`), where
   TaylorSeer cannot follow (its schedule is an interval).
 
-Methods: SenCache's reuse modes ``plain`` (forecast "none"), ``linear``, ``taylor`` (order 1),
-``taylor2`` (order 2), and diffusers' ``taylorseer`` (order 1, on its own masks only). Prompts
+Methods: SenCache's reuse modes ``plain`` (forecast "none"), ``linear`` (residual, timestep
+units), ``taylor/t`` and ``taylor/step`` (order 1, in timestep or step units), ``taylor2/...``
+(order 2), and diffusers' ``taylorseer`` (order 1, step units, on its own masks only). Prompts
 are the toy's held-out prompts (never trained on), seed 0.
 """
 
@@ -31,7 +32,9 @@ from calibration.zoo.data import heldout_prompts
 
 from benchmarks.taylor_cost import mask_policy, taylorseer_steps
 
-MODES = {"plain": ("none", 1), "linear": ("linear", 1), "taylor": ("taylor", 1), "taylor2": ("taylor", 2)}
+MODES = {"plain": ("none", 1, "step"), "linear": ("linear", 1, "step"), "taylor/t": ("taylor", 1, "timestep"),
+         "taylor/step": ("taylor", 1, "step"), "taylor2/t": ("taylor", 2, "timestep"),
+         "taylor2/step": ("taylor", 2, "step")}
 
 
 def frames(loaded, prompt: str, steps: int) -> np.ndarray:
@@ -51,8 +54,9 @@ def run(model: str, steps: int, n_prompts: int) -> None:
     for prompt in prompts:
         reference = frames(loaded, prompt, steps)
         for label, (computed, interval) in masks.items():
-            for mode, (forecast, order) in MODES.items():
-                sencache.apply(loaded.pipe, mask_policy(loaded, computed, steps, forecast), taylor_order=order)
+            for mode, (forecast, order, units) in MODES.items():
+                policy = mask_policy(loaded, computed, steps, forecast)
+                sencache.apply(loaded.pipe, policy, taylor_order=order, taylor_units=units)
                 scores[(label, mode)].append(psnr(frames(loaded, prompt, steps), reference))
                 sencache.remove(loaded.pipe)
             if interval is not None:
@@ -62,9 +66,9 @@ def run(model: str, steps: int, n_prompts: int) -> None:
     methods = list(MODES) + ["taylorseer"]
     print(f"model {model}, {steps} steps, {len(prompts)} held-out prompts, seed 0: mean PSNR (dB) of decoded "
           "frames against full compute")
-    print(f"{'mask':<15} {'computed':>9} " + " ".join(f"{m:>10}" for m in methods))
+    print(f"{'mask':<15} {'computed':>9} " + " ".join(f"{m:>12}" for m in methods))
     for label, (computed, _) in masks.items():
-        cells = [f"{np.mean(scores[(label, m)]):>10.2f}" if (label, m) in scores else f"{'-':>10}" for m in methods]
+        cells = [f"{np.mean(scores[(label, m)]):>12.2f}" if (label, m) in scores else f"{'-':>12}" for m in methods]
         print(f"{label:<15} {len(computed):>4}/{steps:<4} " + " ".join(cells))
 
 

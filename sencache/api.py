@@ -32,6 +32,9 @@ logger = logging.getLogger("sencache")
 _HANDLE_ATTR = "_sencache_handle"
 #: default order of forecast "taylor" (benchmarks/reuse_modes.py measures 1 against 2)
 TAYLOR_ORDER = 1
+#: default units of forecast "taylor": step indices measured 1.8 dB closer to full compute than
+#: timesteps on toy-wan (shifted flow-matching schedule; benchmarks/reuse_modes.py)
+TAYLOR_UNITS = "step"
 
 
 def rule_params(policy: Policy, operating_point: str | None = None, speedup: float | None = None) -> tuple[RuleParams, str]:
@@ -86,6 +89,7 @@ def apply(
     strict: bool = True,
     factors_dtype: torch.dtype | None = None,
     taylor_order: int = TAYLOR_ORDER,
+    taylor_units: str = TAYLOR_UNITS,
 ) -> SenCacheHandle:
     """Apply `policy` to a pipeline (or a bare transformer); returns a handle with `report()`.
 
@@ -101,6 +105,9 @@ def apply(
             (`sencache.taylor_memory`) at the cost of rounding in long extrapolations.
         taylor_order: under forecast "taylor" only, 1 (default) or 2; 2 keeps one more factor
             per module (1.5x the memory).
+        taylor_units: under forecast "taylor" only, what the forecast extrapolates along:
+            "step" (step indices, the default, as diffusers' TaylorSeer) or "timestep" (the
+            model's timesteps, as the linear residual forecast).
 
     Applying again replaces the earlier SenCache hooks; it never stacks.
     """
@@ -115,7 +122,8 @@ def apply(
     stack = install_stack(transformer, adapter, runtime)
     runtime.reset_residuals = stack.reset
     if params.forecast == "taylor":  # --- forecast "taylor" (sencache/taylor.py)
-        forecast = install_forecast(transformer, adapter, order=taylor_order, factors_dtype=factors_dtype)
+        forecast = install_forecast(transformer, adapter, order=taylor_order, factors_dtype=factors_dtype,
+                                    units=taylor_units)
         runtime.module_forecast = forecast
         runtime.reset_residuals = lambda: (stack.reset(), forecast.reset())
     HookRegistry.check_if_exists_or_initialize(transformer).register_hook(_ModelHook(runtime), MODEL_HOOK)

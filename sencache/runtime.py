@@ -170,6 +170,12 @@ class _Runtime:
             return None
         return t
 
+    def row_steps(self, context: str, batch: int) -> torch.Tensor | None:
+        """Each row's step index in this call, as floats (forecast "taylor" in step units)."""
+        if self.row_timesteps(context, batch) is None or self.trajectory is None:
+            return None
+        return torch.full((batch,), float(self.trajectory.step), dtype=torch.float64)
+
     def forecast_weights(self, context: str, batch: int) -> torch.Tensor | None:
         weights = self.weights
         if weights is None or self.mask is None or weights.shape[0] != batch:

@@ -38,12 +38,13 @@ from policies.errors import InputError
 from sencache.adapters import BlockStackAdapter
 from sencache.stack import _slice
 
-__all__ = ["FORECAST_HOOK", "ORDERS", "ModuleForecast", "install_forecast", "remove_forecast"]
+__all__ = ["FORECAST_HOOK", "ORDERS", "UNITS", "ModuleForecast", "install_forecast", "remove_forecast"]
 
 logger = logging.getLogger(__name__)
 
 FORECAST_HOOK = "sencache_taylor"
 ORDERS = (1, 2)
+UNITS = ("timestep", "step")
 _HALF = (torch.float16, torch.bfloat16)
 
 
@@ -186,14 +187,18 @@ class ModuleForecast:
             is float32 where a module's output is float16/bfloat16 (half-precision factors drift
             over long extrapolations, as TaylorSeer's `taylor_factors_dtype` warns), else the
             output's own dtype.
+        units: what the forecast extrapolates along: ``"timestep"`` (the model's timesteps, as
+            the linear residual forecast does) or ``"step"`` (step indices, as diffusers'
+            TaylorSeer does; the controller's `row_steps`).
     """
 
     def __init__(self, adapter: BlockStackAdapter, hooks: list[_ForecastHook], order: int,
-                 factors_dtype: torch.dtype | None) -> None:
+                 factors_dtype: torch.dtype | None, units: str = "timestep") -> None:
         self.adapter = adapter
         self.hooks = hooks
         self.order = order
         self.dtype = factors_dtype
+        self.units = units
         self.active: _Pass | None = None
         self.rows: dict[str, _Rows] = {}
 
@@ -247,8 +252,8 @@ class ModuleForecast:
         not computed yet in this context computes whatever the mask says; without the rows'
         timesteps (no decision this call) every row computes and no factor changes.
         """
-        timesteps = getattr(head.controller, "row_timesteps", None)
-        t_all = timesteps(context, batch) if timesteps is not None else None
+        where = getattr(head.controller, "row_steps" if self.units == "step" else "row_timesteps", None)
+        t_all = where(context, batch) if where is not None else None
         if t_all is None:
             streams = head._run_stack(None, named)
             head.controller.stack_ran(context, batch, batch)
@@ -279,17 +284,19 @@ class ModuleForecast:
 
 
 def install_forecast(transformer: torch.nn.Module, adapter: BlockStackAdapter, order: int = 1,
-                     factors_dtype: torch.dtype | None = None) -> ModuleForecast:
+                     factors_dtype: torch.dtype | None = None, units: str = "timestep") -> ModuleForecast:
     """Register a forecast hook on every block's `adapter.forecast_modules` (replacing earlier ones)."""
     if order not in ORDERS:
         raise InputError(f"taylor forecast order must be one of {ORDERS}, got {order!r}")
+    if units not in UNITS:
+        raise InputError(f"taylor forecast units must be one of {UNITS}, got {units!r}")
     if not adapter.forecast_modules:
         raise InputError(
             f"forecast 'taylor' needs the modules a block may forecast, and the {adapter.class_name} adapter "
             "lists none: add `forecast_modules` to its file in sencache/adapters/, or use forecast 'linear'"
         )
     remove_forecast(transformer, adapter)
-    owner = ModuleForecast(adapter, [], order, factors_dtype)
+    owner = ModuleForecast(adapter, [], order, factors_dtype, units)
     for index, block in enumerate(adapter.blocks(transformer)):
         for name in adapter.forecast_modules:
             module = getattr(block, name, None)

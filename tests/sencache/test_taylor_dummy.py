@@ -156,3 +156,27 @@ def test_an_adapter_without_forecast_modules_is_refused():
     bare = BlockStackAdapter(class_name="Dummy", blocks_attr="blocks")
     with pytest.raises(InputError, match="forecast_modules"):
         install_forecast(Dummy(), bare)
+
+
+class StepController(Controller):
+    """Also hands out the step index, as the runtime does (`row_steps`)."""
+
+    def __init__(self):
+        super().__init__()
+        self.step = None
+
+    def row_steps(self, context, batch):
+        return torch.full((batch,), float(self.step))
+
+
+@pytest.mark.parametrize("units, expected", [("step", 12.0), ("timestep", 6.0)])
+def test_units_say_what_the_forecast_extrapolates_along(units, expected):
+    model, control = Dummy(), StepController()
+    install_stack(model, ADAPTER, control)
+    control.module_forecast = install_forecast(model, ADAPTER, units=units)
+    for control.step, t in ((0, 10.0), (1, 8.0)):
+        step(model, control, [0.0], [t])
+    control.step = 3
+    # steps 0, 1 at t = 10, 8 gave 3·10, 3·8; skipped: step 3 at t = 2. Along steps:
+    # 24 + (24 − 30)/(1 − 0)·(3 − 1) = 12; along timesteps: 24 + (24 − 30)/(8 − 10)·(2 − 8) = 6 = 3·2
+    assert step(model, control, [0.0], [2.0], [False]) == [expected]
