@@ -65,6 +65,7 @@ class _Runtime:
         self.mask: torch.Tensor | None = None
         self.weights: torch.Tensor | None = None
         #: forecast "taylor": the module forecast `apply` installed, and this call's row timesteps
+        #: (see `row_timesteps`, `row_steps`)
         self.module_forecast: Any = None
         self.t_rows: torch.Tensor | None = None
         self.last_report: RunReport | None = None

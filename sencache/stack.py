@@ -47,7 +47,8 @@ class StackController(Protocol):
     # `_reuse`). Without `forecasting` no previous residual is kept (on a large model, one more
     # residual per context is hundreds of MB) and every skipped row reuses `R` as it is.
     # Optional: `module_forecast` (a `sencache.taylor.ModuleForecast`, or None) and
-    # `row_timesteps(context, batch) -> Tensor | None`: forecast "taylor", where skipped rows run
+    # `row_timesteps` / `row_steps(context, batch) -> Tensor | None` (the rows' timesteps or step
+    # index; None: compute every row, touch no factor): forecast "taylor", where skipped rows run
     # the blocks with their attention / feed-forward outputs forecast; no residual is kept.
 
 

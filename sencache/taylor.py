@@ -8,9 +8,11 @@ multiply-accumulates) come from a per-sample Taylor forecast of their last compu
 
 State is kept per cache context (``cond``, ``uncond``, ``cond_uncond``), per module and per row
 of the batch, unlike diffusers' TaylorSeer hook, which keeps one state for the whole batch and
-refreshes on a fixed step interval. The forecast is in timestep units, as the linear residual
-forecast is, because shifted schedules space their steps unevenly. With the row's updates at
-``t_2`` (last), ``t_1``, ``t_0`` it is the Newton form of the interpolating polynomial:
+refreshes on a fixed step interval. The forecast runs along step indices (``units="step"``, as
+TaylorSeer; measured closer to full compute on toy-wan's shifted schedule) or along the model's
+timesteps (``units="timestep"``, as the linear residual forecast). With the row's updates at
+``t_2`` (last), ``t_1``, ``t_0`` (in those units) it is the Newton form of the interpolating
+polynomial:
 
     F(t) ≈ F(t_2) + F[t_2, t_1]·(t − t_2)                      (order 1)
                   + F[t_2, t_1, t_0]·(t − t_2)·(t − t_1)        (order 2)
@@ -193,7 +195,7 @@ class ModuleForecast:
     """
 
     def __init__(self, adapter: BlockStackAdapter, hooks: list[_ForecastHook], order: int,
-                 factors_dtype: torch.dtype | None, units: str = "timestep") -> None:
+                 factors_dtype: torch.dtype | None, units: str = "step") -> None:
         self.adapter = adapter
         self.hooks = hooks
         self.order = order
@@ -284,7 +286,7 @@ class ModuleForecast:
 
 
 def install_forecast(transformer: torch.nn.Module, adapter: BlockStackAdapter, order: int = 1,
-                     factors_dtype: torch.dtype | None = None, units: str = "timestep") -> ModuleForecast:
+                     factors_dtype: torch.dtype | None = None, units: str = "step") -> ModuleForecast:
     """Register a forecast hook on every block's `adapter.forecast_modules` (replacing earlier ones)."""
     if order not in ORDERS:
         raise InputError(f"taylor forecast order must be one of {ORDERS}, got {order!r}")

@@ -70,9 +70,10 @@ class Controller:
 
 
 def setup(power=1, order=1):
+    """Forecasts along the timesteps the controller hands out (`row_timesteps`)."""
     model, control = Dummy(power), Controller()
     install_stack(model, ADAPTER, control)
-    control.module_forecast = install_forecast(model, ADAPTER, order=order)
+    control.module_forecast = install_forecast(model, ADAPTER, order=order, units="timestep")
     return model, control
 
 
@@ -156,6 +157,8 @@ def test_an_adapter_without_forecast_modules_is_refused():
     bare = BlockStackAdapter(class_name="Dummy", blocks_attr="blocks")
     with pytest.raises(InputError, match="forecast_modules"):
         install_forecast(Dummy(), bare)
+    with pytest.raises(InputError, match="units"):
+        install_forecast(Dummy(), ADAPTER, units="sigma")
 
 
 class StepController(Controller):
