@@ -109,7 +109,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--prompt", default="a red circle moving left on a blue background")
-    parser.add_argument("--forecast", choices=("none", "linear"), default="none",
+    parser.add_argument("--forecast", choices=("none", "linear", "taylor"), default="none",
                         help="what the skipped steps reuse (default: %(default)s)")
     args = parser.parse_args()
     run(load_model(args.model), args.steps, args.repeats, args.prompt, args.forecast)

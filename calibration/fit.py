@@ -323,7 +323,7 @@ def fit(
     calib = pairs[pairs["split"] == "calib"]
     scores = predictor.a * calib["u"] + predictor.b * calib["v"] + predictor.c
     # Forecasting is searched only where trials re-run the model: the store measured plain reuse.
-    forecasts = ("none", "linear") if kind == "rerun" else ("none",)
+    forecasts = ("none", "linear", "taylor") if kind == "rerun" else ("none",)
     space = SearchSpace.from_scores(scores.to_numpy(np.float64), knots, data.num_steps, forecasts=forecasts)
     gains = data.gain_curve()
     knot_gain = None if gains is None else np.interp(space.positions, *gains)

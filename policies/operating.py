@@ -24,8 +24,10 @@ __all__ = ["FORECASTS", "OperatingPoint", "zone_steps"]
 
 #: What a skipped step reuses: "none" the last computed residual as is (the paper's rule);
 #: "linear" that residual extrapolated along the line through the sample's last two computed
-#: residuals, in timestep units (a first-order forecast, as TaylorSeer does for features).
-FORECASTS = ("none", "linear")
+#: residuals, in timestep units (a first-order forecast, as TaylorSeer does for features);
+#: "taylor" runs every block on the current input with its attention and feed-forward outputs
+#: forecast per module from the sample's last computed ones (sencache/taylor.py).
+FORECASTS = ("none", "linear", "taylor")
 
 _ZONE_FIX = "write an integer count of steps (e.g. 2) or a fraction of the steps in (0, 1) (e.g. 0.1)"
 
@@ -70,8 +72,11 @@ class OperatingPoint:
         forecast (`str`, defaults to `"none"`): what a skipped step reuses (`FORECASTS`).
             ``"linear"`` extrapolates the residual from the sample's last two computed steps:
             at the same steps skipped it is usually closer to full compute, at the cost of one
-            more cached residual per cache context. Optional in the file; written only when
-            not ``"none"``, so files without it read as before.
+            more cached residual per cache context. ``"taylor"`` runs the blocks' cheap parts
+            (norms, modulation, gates) on the current input and forecasts each attention and
+            feed-forward output: costlier per skipped step and far more memory (see
+            `sencache.taylor_memory`). Optional in the file; written only when not ``"none"``,
+            so files without it read as before.
     """
 
     name: str

@@ -23,12 +23,18 @@ from sencache.report import RunReport
 from sencache.rule import RuleParams
 from sencache.runtime import MODEL_HOOK, _ModelHook, _Runtime
 from sencache.stack import StackHooks, install_stack, remove_stack
+from sencache.taylor import install_forecast, remove_forecast
 
 __all__ = ["SenCacheHandle", "apply", "remove", "rule_params"]
 
 logger = logging.getLogger("sencache")
 
 _HANDLE_ATTR = "_sencache_handle"
+#: default order of forecast "taylor" (benchmarks/reuse_modes.py measures 1 against 2)
+TAYLOR_ORDER = 1
+#: default units of forecast "taylor": step indices measured 1.8 dB closer to full compute than
+#: timesteps on toy-wan (shifted flow-matching schedule; benchmarks/reuse_modes.py)
+TAYLOR_UNITS = "step"
 
 
 def rule_params(policy: Policy, operating_point: str | None = None, speedup: float | None = None) -> tuple[RuleParams, str]:
@@ -81,6 +87,9 @@ def apply(
     operating_point: str | None = None,
     speedup: float | None = None,
     strict: bool = True,
+    factors_dtype: torch.dtype | None = None,
+    taylor_order: int = TAYLOR_ORDER,
+    taylor_units: str = TAYLOR_UNITS,
 ) -> SenCacheHandle:
     """Apply `policy` to a pipeline (or a bare transformer); returns a handle with `report()`.
 
@@ -90,6 +99,15 @@ def apply(
         operating_point: name of the policy's operating point (default: the policy's default).
         speedup: alternatively, the wanted speedup; picks the closest operating point.
         strict: refuse a policy fitted for another model (fingerprint mismatch); with False, warn.
+        factors_dtype: under forecast "taylor" only, the dtype of the kept Taylor factors and of
+            the forecast arithmetic. None (default): float32 where the model runs in float16 or
+            bfloat16, else the model's dtype. bfloat16 halves the memory
+            (`sencache.taylor_memory`) at the cost of rounding in long extrapolations.
+        taylor_order: under forecast "taylor" only, 1 (default) or 2; 2 keeps one more factor
+            per module (1.5x the memory).
+        taylor_units: under forecast "taylor" only, what the forecast extrapolates along:
+            "step" (step indices, the default, as diffusers' TaylorSeer) or "timestep" (the
+            model's timesteps, as the linear residual forecast).
 
     Applying again replaces the earlier SenCache hooks; it never stacks.
     """
@@ -103,6 +121,11 @@ def apply(
     runtime = _Runtime(params, adapter, pipe, point_name)
     stack = install_stack(transformer, adapter, runtime)
     runtime.reset_residuals = stack.reset
+    if params.forecast == "taylor":  # --- forecast "taylor" (sencache/taylor.py)
+        forecast = install_forecast(transformer, adapter, order=taylor_order, factors_dtype=factors_dtype,
+                                    units=taylor_units)
+        runtime.module_forecast = forecast
+        runtime.reset_residuals = lambda: (stack.reset(), forecast.reset())
     HookRegistry.check_if_exists_or_initialize(transformer).register_hook(_ModelHook(runtime), MODEL_HOOK)
     handle = SenCacheHandle(transformer, runtime, stack, policy)
     setattr(transformer, _HANDLE_ATTR, handle)
@@ -118,6 +141,7 @@ def _remove_transformer(transformer: torch.nn.Module) -> bool:
     if registry is not None:
         registry.remove_hook(MODEL_HOOK, recurse=False)
     remove_stack(transformer, handle._stack.adapter)
+    remove_forecast(transformer, handle._stack.adapter)
     delattr(transformer, _HANDLE_ATTR)
     return True
 

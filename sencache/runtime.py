@@ -64,6 +64,10 @@ class _Runtime:
         self.trajectory: _Trajectory | None = None
         self.mask: torch.Tensor | None = None
         self.weights: torch.Tensor | None = None
+        #: forecast "taylor": the module forecast `apply` installed, and this call's row timesteps
+        #: (see `row_timesteps`, `row_steps`)
+        self.module_forecast: Any = None
+        self.t_rows: torch.Tensor | None = None
         self.last_report: RunReport | None = None
         self.reset_residuals = lambda: None
 
@@ -106,11 +110,13 @@ class _Runtime:
         if step == traj.step and step in traj.decisions:
             self.mask = None  # another batch size in this step: compute every row, decide nothing
             self.weights = None
+            self.t_rows = None
             return
         t_rows = t.detach().float().reshape(-1)
         if t_rows.numel() != x.shape[0]:
             t_rows = t_rows.reshape(x.shape[0], -1).mean(dim=1) if t_rows.numel() % x.shape[0] == 0 else t_rows[:1].expand(x.shape[0])
         decision = decide(self.params, step, total, x, t_rows, traj.ref_x, traj.ref_t, traj.skips_in_row)
+        self.t_rows = t_rows
         compute = decision.compute
         if traj.ref_x is None or traj.ref_x.shape[0] != x.shape[0]:
             traj.ref_x, traj.ref_t = x.detach().clone(), t_rows.clone()
@@ -154,6 +160,19 @@ class _Runtime:
     def forecasting(self) -> bool:
         """Whether skipped rows extrapolate their residual (the stack then keeps the previous one)."""
         return self.params.forecast == "linear"
+
+    def row_timesteps(self, context: str, batch: int) -> torch.Tensor | None:
+        """Each row's timestep in this call (forecast "taylor"); None when no decision was taken."""
+        t = self.t_rows
+        if t is None or self.mask is None or t.shape[0] != batch:
+            return None
+        return t
+
+    def row_steps(self, context: str, batch: int) -> torch.Tensor | None:
+        """Each row's step index in this call, as floats (forecast "taylor" in step units)."""
+        if self.row_timesteps(context, batch) is None or self.trajectory is None:
+            return None
+        return torch.full((batch,), float(self.trajectory.step), dtype=torch.float64)
 
     def forecast_weights(self, context: str, batch: int) -> torch.Tensor | None:
         weights = self.weights

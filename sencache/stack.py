@@ -46,6 +46,10 @@ class StackController(Protocol):
     # None`, float [batch]: a skipped row reuses `R + w·(R − R_previous)` instead of `R` (see
     # `_reuse`). Without `forecasting` no previous residual is kept (on a large model, one more
     # residual per context is hundreds of MB) and every skipped row reuses `R` as it is.
+    # Optional: `module_forecast` (a `sencache.taylor.ModuleForecast`, or None) and
+    # `row_timesteps` / `row_steps(context, batch) -> Tensor | None` (the rows' timesteps or step
+    # index; None: compute every row, touch no factor): forecast "taylor", where skipped rows run
+    # the blocks with their attention / feed-forward outputs forecast; no residual is kept.
 
 
 class _ResidualState(BaseState):
@@ -124,6 +128,11 @@ class _HeadHook(ModelHook):
         context = self.context_name()
         state = self.residual_state()
         mask = self.controller.compute_mask(context, batch)
+        # --- forecast "taylor" (sencache/taylor.py): skipping rows run the blocks, modules forecast
+        module_forecast = getattr(self.controller, "module_forecast", None)
+        if module_forecast is not None:
+            return module_forecast.run(self, named, streams_in, batch, context, mask)
+        # --- plain reuse and the linear residual forecast
         cached = state.residual
         if mask is not None and not bool(mask.all()):
             if cached is None or cached[0].shape[0] != batch:

@@ -3,7 +3,9 @@
 The knob is an operating point's name, optionally with a scale on its ε curve:
 `"balanced"` runs that point as fitted, `"balanced*2"` doubles every ε knot (faster, less
 faithful), so a policy with one point still gives a curve. A scaled point's
-`expected_nfe_fraction` is dropped: it no longer holds.
+`expected_nfe_fraction` is dropped: it no longer holds. A suffix `@<forecast>` runs the point
+with another reuse mode (`"balanced@taylor"`, `"balanced*2@linear"`): the same decisions,
+another forecast; a point whose file says `forecast: "taylor"` runs it without a suffix.
 """
 
 from __future__ import annotations
@@ -15,8 +17,9 @@ import numpy as np
 import sencache
 from calibration.baselines._common import BaselineHandle, report_mask, transformer_of
 from policies import Policy, PolicyError, config_fingerprint
+from policies.operating import FORECASTS
 
-__all__ = ["apply_sencache", "parse_knob", "policy_knobs", "scaled_policy"]
+__all__ = ["apply_sencache", "parse_knob", "policy_knobs", "scaled_policy", "split_forecast", "with_forecast"]
 
 #: ε scales added to the default operating point so the sweep spans more than the fitted points
 DEFAULT_SCALES = (0.5, 2.0, 4.0)
@@ -65,14 +68,38 @@ def scaled_policy(policy: Policy, name: str, scale: float) -> Policy:
     return Policy.from_dict(data, source=f"{policy.source} ({name} with ε x{scale:g})")
 
 
+def split_forecast(knob: str) -> tuple[str, str | None]:
+    """`"name*2@taylor"` -> ("name*2", "taylor"); without `@`, (knob, None)."""
+    rest, at, forecast = str(knob).partition("@")
+    if at and forecast not in FORECASTS:
+        raise PolicyError(f"sencache knob {knob!r}: unknown forecast {forecast!r}; use one of: {', '.join(FORECASTS)}")
+    return rest, (forecast if at else None)
+
+
+def with_forecast(policy: Policy, name: str, forecast: str) -> Policy:
+    """A copy of `policy` whose operating point `name` reuses with `forecast`."""
+    if policy.operating_point(name).forecast == forecast:
+        return policy
+    data = policy.to_dict()
+    for point in data["operating_points"]:
+        if point["name"] == name:
+            point["forecast"] = forecast
+    return Policy.from_dict(data, source=f"{policy.source} ({name} with forecast {forecast})")
+
+
 def apply_sencache(pipe: Any, knob: str, policy: Policy, strict: bool = True) -> BaselineHandle:
-    """Apply `policy` at operating point `knob` (`name` or `name*scale`) with `sencache.apply`."""
+    """Apply `policy` at operating point `knob` (`name[*scale][@forecast]`) with `sencache.apply`."""
     transformer = transformer_of(pipe)
     policy.check_model(config_fingerprint(dict(transformer.config)), strict=strict)
-    name, scale = parse_knob(knob)
-    runtime = sencache.apply(pipe, scaled_policy(policy, name, scale), operating_point=name, strict=strict)
+    rest, forecast = split_forecast(knob)
+    name, scale = parse_knob(rest)
+    chosen = scaled_policy(policy, name, scale)
+    if forecast is not None:
+        chosen = with_forecast(chosen, name, forecast)
+    runtime = sencache.apply(pipe, chosen, operating_point=name, strict=strict)
 
     return BaselineHandle(
         "sencache", str(knob), remove=lambda: sencache.remove(pipe), computed_mask=report_mask(runtime),
-        config={"policy": policy.source, "operating_point": name, "eps_scale": scale},
+        config={"policy": policy.source, "operating_point": name, "eps_scale": scale,
+                "forecast": chosen.operating_point(name).forecast},
     )

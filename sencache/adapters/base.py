@@ -51,6 +51,9 @@ class Architecture:
         forecast_modules: names of the modules inside a block that a module-level forecast
             (TaylorSeer) may replace: attention and feed-forward. With several kinds of block,
             the union; `forecast_module_names(block)` keeps those a block has.
+        forecast_outputs: per forecast module, the token sets its output spans ("video",
+            "text", or "video+text" for one tensor over both), each of the model's width: what
+            forecast "taylor" keeps per module (`sencache.taylor_memory`). Empty: no memory model.
         block_arg_names: per block class, how the head block's argument names are spelled in
             that block's forward (HunyuanVideo's single-stream blocks say `image_rotary_emb`
             where the dual-stream ones say `freqs_cis`).
@@ -71,6 +74,7 @@ class Architecture:
     text_stream: bool = False
     unbatched_block_args: frozenset[str] = field(default_factory=frozenset)
     forecast_modules: tuple[str, ...] = ()
+    forecast_outputs: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     block_arg_names: Mapping[type, Mapping[str, str]] = field(default_factory=dict)
     modulated_input: Callable[[torch.nn.Module, dict[str, Any]], torch.Tensor | None] | None = None
     loop_latents: Callable[[Any, torch.Tensor], torch.Tensor] | None = None

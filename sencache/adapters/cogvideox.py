@@ -28,6 +28,8 @@ ARCHITECTURE = Architecture(
     text_stream=True,
     unbatched_block_args=frozenset({"image_rotary_emb"}),
     forecast_modules=("attn1", "ff"),
+    # attn1 returns (video, text); ff runs on text and video concatenated
+    forecast_outputs={"attn1": ("video", "text"), "ff": ("video+text",)},
     modulated_input=_modulated_input,
     loop_latents=_loop_latents,
 )

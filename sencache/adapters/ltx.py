@@ -32,6 +32,7 @@ ARCHITECTURE = Architecture(
     pipeline="LTXPipeline",
     block_lists=("transformer_blocks",),
     forecast_modules=("attn1", "attn2", "ff"),
+    forecast_outputs={"attn1": ("video",), "attn2": ("video",), "ff": ("video",)},
     modulated_input=_modulated_input,
     loop_latents=_loop_latents,
 )

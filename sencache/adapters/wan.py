@@ -36,6 +36,7 @@ ARCHITECTURE = Architecture(
     block_lists=("blocks",),
     unbatched_block_args=frozenset({"rotary_emb"}),
     forecast_modules=("attn1", "attn2", "ffn"),
+    forecast_outputs={"attn1": ("video",), "attn2": ("video",), "ffn": ("video",)},
     modulated_input=_modulated_input,
     loop_latents=_loop_latents,
 )
