@@ -29,7 +29,8 @@ def scheduler_warnings(caught):
 def test_a_swapped_scheduler_warns_once(wan):
     from diffusers import UniPCMultistepScheduler
 
-    wan.scheduler = UniPCMultistepScheduler.from_config(wan.scheduler.config, flow_shift=3.0)
+    # Wan's default solver, as its model cards configure it
+    wan.scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         sencache.apply(wan, euler_policy(wan.transformer))
