@@ -126,3 +126,15 @@ def test_the_forecast_is_summed_in_float32_in_bfloat16():
     # (spacing 2 at 256). Summed in bf16 it is (256 + 1 → 256) + 0.75 → 256.
     out = model(torch.full((1, 1), 256.0, **bf), torch.tensor([14.0], **bf))
     assert out.dtype == torch.bfloat16 and out.item() == 258.0
+
+
+def test_wan21_14b_720p_memory_per_sample():
+    from sencache.memory import wan21_14b_720p
+
+    m = wan21_14b_720p()
+    # 81 frames -> 21 latent frames; 720x1280 / 8 -> 90x160; patch [1, 2, 2] -> 21·45·80 tokens
+    assert m.tokens == 21 * 45 * 80 == 75600
+    assert m.residual == 75600 * 5120 * 2  # bf16: 738.3 MiB
+    assert m.latent == 16 * 21 * 90 * 160 * 2
+    assert m.kept("none") == 2 * m.residual + m.latent  # cond + uncond: ~1.45 GiB
+    assert m.kept("linear") == 4 * m.residual + m.latent  # + each context's difference: ~2.9 GiB
