@@ -164,6 +164,9 @@ class _Runtime:
     def _batched_cfg(self, context: Any) -> bool:
         if getattr(context, "name", None) != "cond_uncond" or self.pipe is None:
             return False
+        described = getattr(self.adapter, "batched_cfg", None)  # the architecture registry's answer
+        if callable(described):
+            return bool(described(self.pipe))
         flag = getattr(self.pipe, "do_classifier_free_guidance", None)
         if flag is None:  # CogVideoX keeps only the scale
             flag = float(getattr(self.pipe, "_guidance_scale", 1.0) or 1.0) > 1.0

@@ -195,10 +195,18 @@ class _HeadHook(ModelHook):
         try:
             streams = self.adapter.stream_outputs(head(**named))
             for block in self.blocks[1:]:
-                streams = self.adapter.stream_outputs(block(**self.adapter.with_streams(named, streams)))
+                streams = self.adapter.stream_outputs(block(**self._block_kwargs(block, named, streams)))
         finally:
             self.shared.running = False
         return streams
+
+    @torch.compiler.disable
+    def _block_kwargs(self, block: torch.nn.Module, named: dict[str, Any], streams: tuple[torch.Tensor, ...]) -> dict:
+        # the architecture registry's `block_kwargs` renames per block class (HunyuanVideo's two kinds)
+        block_kwargs = getattr(self.adapter, "block_kwargs", None)
+        if block_kwargs is not None:
+            return block_kwargs(block, named, streams)
+        return self.adapter.with_streams(named, streams)
 
     @torch.compiler.disable
     def _plan(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> _Plan:
