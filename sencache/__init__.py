@@ -12,8 +12,8 @@ Imports neither scikit-learn, optuna, duckdb nor matplotlib: inference loads a p
 """
 
 from sencache.adapters import ADAPTERS, adapter_for
-from sencache.api import SenCacheHandle, apply, remove, rule_params
+from sencache.api import SenCacheConfig, SenCacheHandle, apply, remove, rule_params
 from sencache.report import RunReport
 from sencache.rule import RuleParams, decide
 
-__all__ = ["ADAPTERS", "RuleParams", "RunReport", "SenCacheHandle", "adapter_for", "apply", "decide", "remove", "rule_params"]
+__all__ = ["ADAPTERS", "RuleParams", "RunReport", "SenCacheConfig", "SenCacheHandle", "adapter_for", "apply", "decide", "remove", "rule_params"]

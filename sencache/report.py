@@ -12,7 +12,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["RunReport"]
+__all__ = ["NOT_RUN", "RunReport"]
+
+#: the reason of a step the model never saw (another expert ran it, or the call stopped)
+NOT_RUN = "not run"
 
 
 @dataclass
@@ -38,6 +41,31 @@ class RunReport:
     timesteps: np.ndarray
     block_rows: dict[str, int] = field(default_factory=dict)
     operating_point: str = ""
+
+    @classmethod
+    def combine(cls, reports: list[RunReport]) -> RunReport:
+        """One report of a call whose steps were run by several models (Wan 2.2's two experts).
+
+        Each step is taken from the report that ran it (its reason is not "not run"); block rows
+        are summed per context.
+        """
+        first = reports[0]
+        computed, scores = first.computed.copy(), first.scores.copy()
+        thresholds, timesteps = first.thresholds.copy(), first.timesteps.copy()
+        reasons = [list(row) for row in first.reasons]
+        block_rows = dict(first.block_rows)
+        for other in reports[1:]:
+            if other.computed.shape != computed.shape:
+                continue
+            for i in range(computed.shape[1]):
+                if all(row[i] == NOT_RUN for row in reasons) and any(row[i] != NOT_RUN for row in other.reasons):
+                    computed[:, i], scores[:, i] = other.computed[:, i], other.scores[:, i]
+                    thresholds[i], timesteps[i] = other.thresholds[i], other.timesteps[i]
+                    for b, row in enumerate(reasons):
+                        row[i] = other.reasons[b][i]
+            for k, v in other.block_rows.items():
+                block_rows[k] = block_rows.get(k, 0) + v
+        return cls(computed, scores, thresholds, reasons, timesteps, block_rows, first.operating_point)
 
     @property
     def num_samples(self) -> int:
@@ -67,7 +95,7 @@ class RunReport:
             head = f"computed {mean:.1f}/{n} steps on average ({mean / n:.0%}; per sample: {per})"
         else:
             head = f"computed {int(mean)}/{n} steps ({mean / max(n, 1):.0%})"
-        why = Counter(r for row in self.reasons for r in row if r != "skipped")
+        why = Counter(r for row in self.reasons for r in row if r not in ("skipped", NOT_RUN))
         detail = ", ".join(f"{k} {v}" for k, v in sorted(why.items()))
         speed = n / mean if mean else float("inf")
         point = f" at operating point {self.operating_point!r}" if self.operating_point else ""

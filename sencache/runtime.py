@@ -1,33 +1,51 @@
 """The per-call state machine: which step we are at, each sample's reference, the decisions.
 
-One `_Runtime` per applied transformer. A model-level hook hands it every forward's latent and
-timestep (`begin_forward`); the stack's head hook then asks it which rows compute
-(`compute_mask`). A step's decision is taken by the first forward of that step and reused by
-every other cache context of the same step (Wan calls cond and uncond separately), so all CFG
-branches of a step always share it.
+One `_Runtime` per cached transformer (Wan 2.2 A14B: one per expert). Two torch module hooks on
+the transformer feed it: a forward pre-hook hands it every forward's latent and timestep
+(`begin_forward`), and an always-called forward hook tells it when a forward raised (`abort`).
+They are torch hooks, not `HookRegistry` hooks, on purpose: a `HookRegistry` hook lives in
+`module.forward`, which `enable_model_cpu_offload` replaces at the end of every call (accelerate
+restores the `forward` it saw when it was installed), so a model-level registry hook silently stops
+running from the second call on. `_forward_pre_hooks` are run by `Module.__call__` whatever
+`forward` is. The stack's head hook then asks for the rows that compute (`compute_mask`); a
+decision is handed out once, so a head that runs without a fresh decision computes every row
+rather than replaying a stale one.
+
+The step is placed from the pipeline's cache context, the scheduler's counter, or the
+per-row maximum timestep (`sencache.locate`). A step's decision is taken by the first forward of
+that step and reused by every other cache context of the same step (Wan calls cond and uncond
+separately), so all CFG branches of a step always share it.
+
+Lifecycle: a new call starts a new trajectory (the scheduler's `timesteps` is a new tensor,
+the step went back, the step count or the latent's shape changed), which drops every reference
+and cached residual of the previous one, including a call that raised half-way. At the end of a
+pipeline call (`maybe_free_model_hooks` resets stateful hooks) the report is kept and the
+trajectory and residuals are freed; a forward that raises frees them at once.
 """
 
 from __future__ import annotations
 
 import logging
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
-from diffusers.hooks import ModelHook
-from diffusers.hooks.hooks import BaseState, StateManager
 
 from policies.errors import SenCacheError
 from sencache.adapters import BlockStackAdapter
+from sencache.locate import locate_step, row_timesteps
 from sencache.report import RunReport
 from sencache.rule import Decision, RuleParams, decide
 
-__all__ = ["MODEL_HOOK"]
+__all__ = ["CaptureHooks", "forecast_weights"]
 
 logger = logging.getLogger("sencache")
 
-MODEL_HOOK = "sencache_model"
+#: scheduler classes a policy may say it was fitted under without naming one
+_UNSPECIFIED = {"", "unspecified", "any"}
 
 
 @dataclass
@@ -36,6 +54,7 @@ class _Trajectory:
 
     num_steps: int
     timesteps: np.ndarray
+    source: Any = None
     step: int = -1
     ref_x: torch.Tensor | None = None
     ref_t: torch.Tensor | None = None
@@ -53,78 +72,80 @@ class _Trajectory:
 class _Runtime:
     """Owns the decisions of one transformer; implements `stack.StackController`."""
 
-    def __init__(self, params: RuleParams, adapter: BlockStackAdapter, pipe: Any | None, point_name: str) -> None:
+    def __init__(self, params: RuleParams, adapter: BlockStackAdapter, pipe: Any | None, point_name: str,
+                 scheduler_class: str = "", warned: set[str] | None = None) -> None:
         self.params = params
         self.adapter = adapter
         self.pipe = pipe
         self.point_name = point_name
+        self.scheduler_class = scheduler_class
+        self.warned = warned if warned is not None else set()
         self.schedule: np.ndarray | None = None
         self._schedule_source: Any = None
         self._schedule_array: np.ndarray | None = None
         self.trajectory: _Trajectory | None = None
         self.mask: torch.Tensor | None = None
         self.weights: torch.Tensor | None = None
-        #: forecast "taylor": the module forecast `apply` installed, and this call's row timesteps
-        #: (see `row_timesteps`, `row_steps`)
+        self._handed_weights: torch.Tensor | None = None
+        #: forecast "taylor": the module forecast `apply` installed, and this step's row timesteps
+        #: (handed out with the mask, as the weights are; see `row_timesteps`, `row_steps`)
         self.module_forecast: Any = None
         self.t_rows: torch.Tensor | None = None
+        self._handed_t: torch.Tensor | None = None
         self.last_report: RunReport | None = None
-        self.reset_residuals = lambda: None
+        self.reset_residuals: Callable[[], None] = lambda: None
+        self.context: Callable[[], Any] = lambda: None
 
     # --- the schedule -------------------------------------------------------------------------
-    def _current_schedule(self) -> np.ndarray:
-        if self.pipe is not None and getattr(self.pipe, "scheduler", None) is not None:
-            ts = getattr(self.pipe.scheduler, "timesteps", None)
-            if ts is not None and len(ts):
-                if ts is not self._schedule_source:  # convert once per `set_timesteps`, not per call
-                    self._schedule_source = ts
-                    self._schedule_array = np.asarray(torch.as_tensor(ts).detach().float().cpu(), dtype=np.float64)
-                return self._schedule_array
+    def _scheduler(self) -> Any:
+        return getattr(self.pipe, "scheduler", None) if self.pipe is not None else None
+
+    def _current_schedule(self) -> tuple[np.ndarray, Any]:
+        scheduler = self._scheduler()
+        ts = getattr(scheduler, "timesteps", None) if scheduler is not None else None
+        if ts is not None and len(ts):
+            if ts is not self._schedule_source:  # convert once per `set_timesteps`, not per forward
+                self._schedule_source = ts
+                self._schedule_array = np.asarray(torch.as_tensor(ts).detach().float().cpu(), dtype=np.float64)
+            return self._schedule_array, ts
         if self.schedule is not None:
-            return self.schedule
+            return self.schedule, None
         raise SenCacheError(
             "SenCache needs the denoising schedule to place each step: apply it to the pipeline "
             "(sencache.apply(pipe, policy)), or call handle.set_timesteps(scheduler.timesteps) before denoising"
         )
 
-    def _locate(self, t: torch.Tensor, context: Any) -> tuple[int, int, np.ndarray]:
-        step = getattr(context, "step_index", None)
-        total = getattr(context, "num_inference_steps", None)
-        schedule = self._current_schedule()
-        if step is not None and total:
-            return int(step), int(total), schedule
-        t0 = float(t.detach().flatten()[0])
-        return int(np.abs(schedule - t0).argmin()), len(schedule), schedule
-
-    # --- called by the model-level hook -------------------------------------------------------
+    # --- called by the capture hooks ----------------------------------------------------------
     @torch.compiler.disable
-    def begin_forward(self, x: torch.Tensor, t: torch.Tensor, context: Any) -> None:
-        step, total, schedule = self._locate(t, context)
+    def begin_forward(self, x: torch.Tensor, t: Any) -> None:
+        if not isinstance(t, torch.Tensor):
+            t = torch.tensor([float(t)])
+        context = self.context()
+        t_rows = row_timesteps(t, x.shape[0])
+        schedule, source = self._current_schedule()
+        step, total, _ = locate_step(t_rows, context, self._scheduler(), schedule)
         traj = self.trajectory
-        if traj is None or step < traj.step or total != traj.num_steps:
-            traj = self._new_trajectory(total, schedule)
+        if traj is None or self._is_new_call(traj, step, total, source, x):
+            traj = self._new_trajectory(total, schedule, source)
+        self._handed_weights = None
         if step == traj.step and step in traj.decisions and traj.decisions[step].compute.shape[0] == x.shape[0]:
             self.mask = traj.decisions[step].compute
             self.weights = traj.weights.get(step)
+            self.t_rows = t_rows
             return
         if step == traj.step and step in traj.decisions:
             self.mask = None  # another batch size in this step: compute every row, decide nothing
-            self.weights = None
-            self.t_rows = None
+            self.weights = self.t_rows = None
             return
-        t_rows = t.detach().float().reshape(-1)
-        if t_rows.numel() != x.shape[0]:
-            t_rows = t_rows.reshape(x.shape[0], -1).mean(dim=1) if t_rows.numel() % x.shape[0] == 0 else t_rows[:1].expand(x.shape[0])
         decision = decide(self.params, step, total, x, t_rows, traj.ref_x, traj.ref_t, traj.skips_in_row)
-        self.t_rows = t_rows
         compute = decision.compute
         if traj.ref_x is None or traj.ref_x.shape[0] != x.shape[0]:
             traj.ref_x, traj.ref_t = x.detach().clone(), t_rows.clone()
             traj.prev_t = torch.full_like(t_rows, float("nan"))
             traj.skips_in_row = torch.zeros(x.shape[0], dtype=torch.long)
         else:
-            rows = compute.to(x.device)
-            traj.ref_x = torch.where(rows.view(-1, *([1] * (x.ndim - 1))), x.detach(), traj.ref_x)
+            rows = compute.nonzero().flatten()
+            traj.ref_x.index_copy_(0, rows.to(x.device), x.detach().index_select(0, rows.to(x.device)))
             traj.prev_t = torch.where(compute.to(t_rows.device), traj.ref_t, traj.prev_t)
             traj.ref_t = torch.where(compute.to(t_rows.device), t_rows, traj.ref_t)
             traj.skips_in_row = torch.where(compute, torch.zeros_like(traj.skips_in_row), traj.skips_in_row + 1)
@@ -136,47 +157,92 @@ class _Runtime:
         traj.step_t[step] = float(t_rows[0])
         traj.samples_halved = traj.samples_halved or self._batched_cfg(context)
         self.mask = compute
+        self.t_rows = t_rows
         if step == total - 1:
             self._finish()
+
+    def _is_new_call(self, traj: _Trajectory, step: int, total: int, source: Any, x: torch.Tensor) -> bool:
+        if source is not None and source is not traj.source:
+            return True  # `scheduler.set_timesteps` ran: a new pipeline call
+        if step < traj.step or total != traj.num_steps:
+            return True
+        return traj.ref_x is not None and tuple(traj.ref_x.shape[1:]) != tuple(x.shape[1:])
 
     def _batched_cfg(self, context: Any) -> bool:
         if getattr(context, "name", None) != "cond_uncond" or self.pipe is None:
             return False
-        return self.adapter.batched_cfg(self.pipe)
+        return bool(self.adapter.batched_cfg(self.pipe))  # the architecture's description says how
 
-    def _new_trajectory(self, total: int, schedule: np.ndarray) -> _Trajectory:
-        self.reset_residuals()
-        self.trajectory = _Trajectory(num_steps=total, timesteps=schedule)
+    def _new_trajectory(self, total: int, schedule: np.ndarray, source: Any) -> _Trajectory:
+        self.clear()
+        self._check_scheduler()
+        self.trajectory = _Trajectory(num_steps=total, timesteps=schedule, source=source)
         return self.trajectory
+
+    def _check_scheduler(self) -> None:
+        scheduler = self._scheduler()
+        expected = self.scheduler_class
+        if scheduler is None or expected.lower() in _UNSPECIFIED:
+            return
+        actual = type(scheduler).__name__
+        if actual != expected and actual not in self.warned:
+            self.warned.add(actual)
+            warnings.warn(
+                f"sencache: the pipeline's scheduler is {actual}, but the policy was fitted under {expected}; "
+                "its sensitivities and thresholds may not hold (the skipped steps' errors change with the solver). "
+                f"Use pipe.scheduler = {expected}.from_config(pipe.scheduler.config), or refit the policy under "
+                f"{actual} (sencache-calibrate collect/fit/export).",
+                stacklevel=4,
+            )
+
+    def clear(self) -> None:
+        """Drop the trajectory, the pending decision and every cached residual (keeps the last report)."""
+        self.trajectory = None
+        self.mask = self.weights = self._handed_weights = self.t_rows = self._handed_t = None
+        self.reset_residuals()
+
+    def end_call(self) -> None:
+        """The pipeline call ended (its stateful hooks are being reset): keep the report, free the rest."""
+        if self.trajectory is not None and self.trajectory.decisions:
+            self.last_report = self._build_report(self.trajectory)
+        self.clear()
+
+    def abort(self) -> None:
+        """A forward raised: nothing of this call may be reused by the next one."""
+        logger.debug("a forward raised: SenCache drops this call's decisions and residuals")
+        self.clear()
 
     # --- StackController ----------------------------------------------------------------------
     def compute_mask(self, context: str, batch: int) -> torch.Tensor | None:
-        mask = self.mask
+        mask, self.mask = self.mask, None  # handed out once: a later head call computes every row
+        self._handed_weights, self.weights = self.weights, None
+        self._handed_t, self.t_rows = self.t_rows, None
         if mask is None or mask.shape[0] != batch:
+            self._handed_weights = self._handed_t = None
             return None
         return mask
 
     @property
     def forecasting(self) -> bool:
-        """Whether skipped rows extrapolate their residual (the stack then keeps the previous one)."""
+        """Whether skipped rows extrapolate their residual (the stack then keeps a difference)."""
         return self.params.forecast == "linear"
 
     def row_timesteps(self, context: str, batch: int) -> torch.Tensor | None:
-        """Each row's timestep in this call (forecast "taylor"); None when no decision was taken."""
-        t = self.t_rows
-        if t is None or self.mask is None or t.shape[0] != batch:
+        """The rows' timesteps of the mask just handed out (forecast "taylor"); None: no decision."""
+        t = self._handed_t
+        if t is None or t.shape[0] != batch:
             return None
         return t
 
     def row_steps(self, context: str, batch: int) -> torch.Tensor | None:
-        """Each row's step index in this call, as floats (forecast "taylor" in step units)."""
+        """The step index of the mask just handed out, per row, as floats (taylor in step units)."""
         if self.row_timesteps(context, batch) is None or self.trajectory is None:
             return None
         return torch.full((batch,), float(self.trajectory.step), dtype=torch.float64)
 
     def forecast_weights(self, context: str, batch: int) -> torch.Tensor | None:
-        weights = self.weights
-        if weights is None or self.mask is None or weights.shape[0] != batch:
+        weights = self._handed_weights
+        if weights is None or weights.shape[0] != batch:
             return None
         return weights
 
@@ -230,29 +296,24 @@ def forecast_weights(t: torch.Tensor, ref_t: torch.Tensor, prev_t: torch.Tensor,
     return w.float()
 
 
-class _ContextState(BaseState):
-    def reset(self) -> None:
-        pass
+class CaptureHooks:
+    """The torch hooks on a transformer that feed its `_Runtime` (see the module docstring)."""
 
-
-class _ModelHook(ModelHook):
-    """On the transformer: hands each forward's latent, timestep and cache context to the runtime."""
-
-    _is_stateful = True
-
-    def __init__(self, runtime: _Runtime) -> None:
-        super().__init__()
+    def __init__(self, transformer: torch.nn.Module, runtime: _Runtime) -> None:
         self.runtime = runtime
-        self.state = StateManager(_ContextState)  # only so that `cache_context(...)` reaches us
+        self._pre = transformer.register_forward_pre_hook(self._before, with_kwargs=True)
+        self._post = transformer.register_forward_hook(self._after, always_call=True)
 
-    def pre_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> tuple[tuple, dict]:
+    @torch.compiler.disable
+    def _before(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
         x, t = self.runtime.adapter.latent_and_timestep(module, args, kwargs)
-        if not isinstance(t, torch.Tensor):
-            t = torch.tensor([float(t)])
-        self.runtime.begin_forward(x, t, self.state._context)
-        return args, kwargs
+        self.runtime.begin_forward(x, t)
 
-    def reset_state(self, module: torch.nn.Module) -> torch.nn.Module:
-        self.state.reset()
-        return module
+    @torch.compiler.disable
+    def _after(self, module: torch.nn.Module, args: tuple, output: Any) -> None:
+        if output is None:  # torch calls always-called hooks with no result when forward raised
+            self.runtime.abort()
 
+    def remove(self) -> None:
+        self._pre.remove()
+        self._post.remove()

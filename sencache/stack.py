@@ -7,6 +7,19 @@ that row computed, kept per cache context (`cond`, `uncond`, `cond_uncond`). Eve
 carries a *pass* hook that returns its input unchanged, because the head already produced the
 stack's output. The blocks' own forwards are untouched, so they stay compilable.
 
+Regional compilation (`transformer.compile_repeated_blocks()`) compiles each block's call, hooks
+included. So that the head's compiled frame does not absorb the stack (and guard on Python state
+the decisions change), the head's work runs in a frame dynamo skips
+(`torch.compiler.disable(recursive=False)`) and calls every block, itself included, through the
+block's own `__call__`: each block then runs its own compiled graph, with the hooks reduced to
+"run the original forward" (the stack is running) or "return the input" (the transformer's own
+loop, after the head produced the stack's output). The state those frames read is one bool,
+changed only outside traced code.
+
+Partial batches update the kept residual buffers in place (`index_copy_`), so a step where some
+rows compute allocates one output per stream on top of the sub-batch's own activations. The
+residuals handed to `set_residual` may therefore be written in place.
+
 Both the runtime (`sencache.apply`) and calibration's recorder drive this through a
 `StackController`; neither replaces a class method.
 """
@@ -32,6 +45,10 @@ HEAD_HOOK = "sencache_stack_head"
 PASS_HOOK = "sencache_stack_pass"
 DEFAULT_CONTEXT = "default"
 
+_HALF = (torch.float16, torch.bfloat16)
+#: the half-precision forecast is summed in float32 in this many slices along the token axis
+_FP32_PIECES = 16
+
 
 class StackController(Protocol):
     """Decides which rows run the blocks; told what ran."""
@@ -43,9 +60,11 @@ class StackController(Protocol):
         """Called after the blocks ran on `rows` of `batch` rows in `context`."""
 
     # Optional: `forecasting` (bool attribute) and `forecast_weights(context, batch) -> Tensor |
-    # None`, float [batch]: a skipped row reuses `R + w·(R − R_previous)` instead of `R` (see
-    # `_reuse`). Without `forecasting` no previous residual is kept (on a large model, one more
-    # residual per context is hundreds of MB) and every skipped row reuses `R` as it is.
+    # None`, float [batch]: a skipped row reuses `R + w·ΔR` instead of `R` (see `_reuse`), where
+    # ΔR is the row's last residual minus the one before. Without `forecasting` no difference is
+    # kept (on a large model, one more residual per context is hundreds of MB) and every skipped
+    # row reuses `R` as it is. Optional `end_call()`: the pipeline call ended (its stateful hooks
+    # are being reset).
     # Optional: `module_forecast` (a `sencache.taylor.ModuleForecast`, or None) and
     # `row_timesteps` / `row_steps(context, batch) -> Tensor | None` (the rows' timesteps or step
     # index; None: compute every row, touch no factor): forecast "taylor", where skipped rows run
@@ -55,12 +74,12 @@ class StackController(Protocol):
 class _ResidualState(BaseState):
     def __init__(self) -> None:
         self.residual: tuple[torch.Tensor, ...] | None = None
-        #: each row's residual at the computed step before its last one (for forecasting)
-        self.previous: tuple[torch.Tensor, ...] | None = None
+        #: per row, its last residual minus the one before (forecasting only; zero rows: one compute)
+        self.delta: tuple[torch.Tensor, ...] | None = None
 
     def reset(self) -> None:
         self.residual = None
-        self.previous = None
+        self.delta = None
 
 
 @dataclass
@@ -73,6 +92,7 @@ class _Shared:
 _SIGNATURES: dict[type, inspect.Signature] = {}
 
 
+@torch.compiler.disable
 def _bind(module: torch.nn.Module, fn: Any, args: tuple, kwargs: dict) -> dict[str, Any]:
     sig = _SIGNATURES.get(type(module))
     if sig is None:
@@ -80,16 +100,38 @@ def _bind(module: torch.nn.Module, fn: Any, args: tuple, kwargs: dict) -> dict[s
     return dict(sig.bind(*args, **kwargs).arguments)
 
 
+@torch.compiler.disable
 def _reuse(streams_in: tuple[torch.Tensor, ...], cached: tuple[torch.Tensor, ...],
-           previous: tuple[torch.Tensor, ...] | None, weights: torch.Tensor | None) -> list[torch.Tensor]:
-    """The skipped rows' stack output: `input + R`, or `input + R + w·(R − R_previous)`."""
-    if weights is None or previous is None:
+           delta: tuple[torch.Tensor, ...] | None, weights: torch.Tensor | None) -> list[torch.Tensor]:
+    """The skipped rows' stack output: `input + R`, or `input + R + w·ΔR` (a linear forecast).
+
+    The one place that turns cached state into a reused output: a new reuse mode plugs in here.
+    In half precision the forecast is summed in float32 and rounded once, since `w·ΔR` is small
+    next to `input + R` and would be rounded away.
+    """
+    if weights is None or delta is None:
         return [s + r for s, r in zip(streams_in, cached)]
     out = []
-    for s, r, p in zip(streams_in, cached, previous):
-        w = weights.to(device=r.device, dtype=r.dtype).view(-1, *([1] * (r.ndim - 1)))
-        out.append(s + r + w * (r - p))
+    for s, r, d in zip(streams_in, cached, delta):
+        w = weights.to(device=r.device, dtype=torch.float32).view(-1, *([1] * (r.ndim - 1)))
+        if r.dtype not in _HALF:
+            out.append((s + r).add_(d * w.to(r.dtype)))
+            continue
+        # float32 a slice of tokens at a time: the transient stays ~1/4 of a residual, not 4x one
+        result = torch.empty_like(r)
+        pieces = min(_FP32_PIECES, r.shape[1]) if r.ndim > 1 else 1
+        for s_, r_, d_, o_ in zip(*(torch.tensor_split(v, pieces, dim=min(1, r.ndim - 1)) for v in (s, r, d, result))):
+            acc = s_.float()
+            acc.add_(r_).add_(d_.float().mul_(w))
+            o_.copy_(acc)
+        out.append(result)
     return out
+
+
+@torch.compiler.disable
+def _difference(new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
+    """`new − old` taken in float32 and stored in the residual's dtype (ΔR keeps its own precision)."""
+    return (new.float() - old.float()).to(new.dtype) if new.dtype in _HALF else new - old
 
 
 def _slice(value: Any, index: torch.Tensor, batch: int) -> Any:
@@ -98,6 +140,20 @@ def _slice(value: Any, index: torch.Tensor, batch: int) -> Any:
     if isinstance(value, tuple):
         return tuple(_slice(v, index, batch) for v in value)
     return value
+
+
+@dataclass
+class _Plan:
+    """What the head does this call: which rows compute (None: all), with the cached state."""
+
+    named: dict[str, Any]
+    streams_in: tuple[torch.Tensor, ...]
+    batch: int
+    context: str
+    state: _ResidualState
+    mask: torch.Tensor | None
+    weights: torch.Tensor | None
+    forecasting: bool
 
 
 class _HeadHook(ModelHook):
@@ -122,68 +178,120 @@ class _HeadHook(ModelHook):
         return self.state.get_state()
 
     def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
+        if self.shared.running:  # the stack is being run from `_cached_forward`: be block 0
+            return self.fn_ref.original_forward(*args, **kwargs)
+        return self._cached_forward(module, args, kwargs)
+
+    @torch.compiler.disable(recursive=False)
+    def _cached_forward(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> Any:
+        module_forecast = getattr(self.controller, "module_forecast", None)
+        if module_forecast is not None:  # forecast "taylor" (sencache/taylor.py): skipping rows run the blocks
+            return self._module_forecast_forward(module_forecast, module, args, kwargs)
+        plan = self._plan(module, args, kwargs)
+        if plan.mask is not None and not bool(plan.mask.any()):
+            return self._skip_all(plan)
+        index = None if plan.mask is None or bool(plan.mask.all()) else plan.mask.nonzero().flatten()
+        sub = plan.named if index is None else self._sub_batch(plan, index)
+        self._drop_unneeded(plan, index)
+        return self._store(plan, sub, index, self._run_stack(module, sub))
+
+    @torch.compiler.disable(recursive=False)
+    def _run_stack(self, head: torch.nn.Module, named: dict[str, Any]) -> tuple[torch.Tensor, ...]:
+        """Every block through its own `__call__` (so through its own compiled graph, if any)."""
+        self.shared.running = True
+        try:
+            streams = self.adapter.stream_outputs(head(**named))
+            for block in self.blocks[1:]:
+                streams = self.adapter.stream_outputs(block(**self._block_kwargs(block, named, streams)))
+        finally:
+            self.shared.running = False
+        return streams
+
+    @torch.compiler.disable
+    def _block_kwargs(self, block: torch.nn.Module, named: dict[str, Any], streams: tuple[torch.Tensor, ...]) -> dict:
+        # the description's `block_kwargs` renames per block class (HunyuanVideo's two kinds)
+        return self.adapter.block_kwargs(block, named, streams)
+
+    @torch.compiler.disable
+    def _module_forecast_forward(self, module_forecast: Any, module: torch.nn.Module, args: tuple, kwargs: dict) -> Any:
+        """Forecast "taylor": no residual is kept; the forecast runs both sub-batches itself."""
+        named = _bind(module, self.fn_ref.original_forward, args, kwargs)
+        streams_in = self.adapter.stream_inputs(named)
+        batch = streams_in[0].shape[0]
+        context = self.context_name()
+        mask = self.controller.compute_mask(context, batch)
+        return module_forecast.run(self, module, named, streams_in, batch, context, mask)
+
+    @torch.compiler.disable
+    def _plan(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> _Plan:
         named = _bind(module, self.fn_ref.original_forward, args, kwargs)
         streams_in = self.adapter.stream_inputs(named)
         batch = streams_in[0].shape[0]
         context = self.context_name()
         state = self.residual_state()
         mask = self.controller.compute_mask(context, batch)
-        # --- forecast "taylor" (sencache/taylor.py): skipping rows run the blocks, modules forecast
-        module_forecast = getattr(self.controller, "module_forecast", None)
-        if module_forecast is not None:
-            return module_forecast.run(self, named, streams_in, batch, context, mask)
-        # --- plain reuse and the linear residual forecast
         cached = state.residual
         if mask is not None and not bool(mask.all()):
-            if cached is None or cached[0].shape[0] != batch:
+            if cached is None or cached[0].shape != streams_in[0].shape:
                 logger.debug("no cached residual for context %r: computing every row", context)
                 mask = None
         forecasting = bool(getattr(self.controller, "forecasting", False))
-        previous = state.previous if forecasting and state.previous is not None and cached is not None \
-            and state.previous[0].shape[0] == batch else None
-        weights = self.controller.forecast_weights(context, batch) if forecasting and mask is not None else None
-        if mask is not None and not bool(mask.any()):
-            self.controller.stack_ran(context, 0, batch)
-            return self.adapter.as_output(tuple(_reuse(streams_in, cached, previous, weights)))
+        weights = None
+        if forecasting and mask is not None and hasattr(self.controller, "forecast_weights"):
+            weights = self.controller.forecast_weights(context, batch)
+        return _Plan(named, streams_in, batch, context, state, mask, weights, forecasting)
 
-        if mask is None or bool(mask.all()):
-            streams_out = self._run_stack(module, named)
-            fresh = forecasting and cached is not None and cached[0].shape[0] == batch
-            state.previous = cached if fresh else None
-            state.residual = tuple(o - i for o, i in zip(streams_out, streams_in))
-            self.controller.stack_ran(context, batch, batch)
-            return self.adapter.as_output(streams_out)
+    @torch.compiler.disable
+    def _skip_all(self, plan: _Plan) -> Any:
+        self.controller.stack_ran(plan.context, 0, plan.batch)
+        return self.adapter.as_output(tuple(_reuse(plan.streams_in, plan.state.residual, plan.state.delta,
+                                                   plan.weights)))
 
-        index = mask.nonzero().flatten()
-        sub = {k: (v if k in self.adapter.unbatched_block_args else _slice(v, index, batch)) for k, v in named.items()}
-        sub_out = self._run_stack(module, sub)
+    @torch.compiler.disable
+    def _sub_batch(self, plan: _Plan, index: torch.Tensor) -> dict[str, Any]:
+        unbatched = self.adapter.unbatched_block_args
+        return {k: (v if k in unbatched else _slice(v, index, plan.batch)) for k, v in plan.named.items()}
+
+    @torch.compiler.disable
+    def _drop_unneeded(self, plan: _Plan, index: torch.Tensor | None) -> None:
+        """When every row computes and nothing forecasts, the old residual is dead: free it first."""
+        if index is None and not plan.forecasting:
+            plan.state.reset()
+
+    @torch.compiler.disable
+    def _store(self, plan: _Plan, sub: dict[str, Any], index: torch.Tensor | None,
+               streams_out: tuple[torch.Tensor, ...]) -> Any:
+        state = plan.state
         sub_in = self.adapter.stream_inputs(sub)
-        reused = _reuse(streams_in, cached, previous, weights)
-        residual, out, prior = [], [], []
-        for k, (s_in, r_old, o_sub, i_sub) in enumerate(zip(streams_in, cached, sub_out, sub_in)):
-            dev_index = index.to(s_in.device)
-            residual.append(r_old.index_copy(0, dev_index, o_sub - i_sub))
-            out.append(reused[k].index_copy(0, dev_index, o_sub))
-            if forecasting:  # the computing rows' old residual becomes their previous one; the others keep theirs
-                base = previous[k] if previous is not None else r_old
-                prior.append(base.index_copy(0, dev_index, r_old.index_select(0, dev_index)))
-        state.residual = tuple(residual)
-        state.previous = tuple(prior) if forecasting else None
-        self.controller.stack_ran(context, int(index.numel()), batch)
+        cached = state.residual
+        if index is None:
+            residual = tuple(o - i for o, i in zip(streams_out, sub_in))
+            same = cached is not None and cached[0].shape == residual[0].shape
+            if plan.forecasting and same:
+                state.delta = tuple(_difference(r, c) for r, c in zip(residual, cached))
+            elif plan.forecasting:
+                state.delta = None
+            state.residual = residual
+            self.controller.stack_ran(plan.context, plan.batch, plan.batch)
+            return self.adapter.as_output(streams_out)
+        out = _reuse(plan.streams_in, cached, state.delta, plan.weights)
+        if plan.forecasting and state.delta is None:
+            state.delta = tuple(torch.zeros_like(c) for c in cached)
+        for k, (o_sub, i_sub) in enumerate(zip(streams_out, sub_in)):
+            rows = index.to(o_sub.device)
+            fresh = o_sub - i_sub
+            if plan.forecasting:  # the computing rows' difference: new residual minus their last one
+                state.delta[k].index_copy_(0, rows, _difference(fresh, cached[k].index_select(0, rows)))
+            cached[k].index_copy_(0, rows, fresh)
+            out[k].index_copy_(0, rows, o_sub)
+        self.controller.stack_ran(plan.context, int(index.numel()), plan.batch)
         return self.adapter.as_output(tuple(out))
-
-    def _run_stack(self, head: torch.nn.Module, named: dict[str, Any]) -> tuple[torch.Tensor, ...]:
-        self.shared.running = True
-        try:
-            streams = self.adapter.stream_outputs(self.fn_ref.original_forward(**named))
-            for block in self.blocks[1:]:
-                streams = self.adapter.stream_outputs(block(**self.adapter.block_kwargs(block, named, streams)))
-        finally:
-            self.shared.running = False
-        return streams
 
     def reset_state(self, module: torch.nn.Module) -> torch.nn.Module:
         self.state.reset()
+        end_call = getattr(self.controller, "end_call", None)
+        if end_call is not None:
+            end_call()
         return module
 
 
@@ -194,12 +302,27 @@ class _PassHook(ModelHook):
         super().__init__()
         self.adapter = adapter
         self.shared = shared
+        self._positions: dict[str, int] = {}
+
+    def initialize_hook(self, module: torch.nn.Module) -> torch.nn.Module:
+        # argument positions, read once here rather than bound inside a (possibly traced) call
+        names = list(inspect.signature(module.forward).parameters)
+        self._positions = {name: names.index(name) for name in ("hidden_states", "encoder_hidden_states")
+                           if name in names}
+        return module
+
+    def _arg(self, name: str, args: tuple, kwargs: dict) -> Any:
+        if name in kwargs:
+            return kwargs[name]
+        return args[self._positions[name]]
 
     def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
         if self.shared.running:
             return self.fn_ref.original_forward(*args, **kwargs)
-        named = _bind(module, self.fn_ref.original_forward, args, kwargs)
-        return self.adapter.as_output(self.adapter.stream_inputs(named))
+        if self.adapter.text_stream:
+            return self.adapter.as_output((self._arg("hidden_states", args, kwargs),
+                                           self._arg("encoder_hidden_states", args, kwargs)))
+        return self.adapter.as_output((self._arg("hidden_states", args, kwargs),))
 
 
 @dataclass

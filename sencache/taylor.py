@@ -246,18 +246,19 @@ class ModuleForecast:
         record.t_prev[p.rows] = torch.where(ok1, t_last, float("nan"))
         record.t_last[p.rows] = t
 
-    def run(self, head: Any, named: dict[str, Any], streams_in: tuple[torch.Tensor, ...], batch: int,
-            context: str, mask: torch.Tensor | None) -> Any:
+    def run(self, head: Any, module: torch.nn.Module, named: dict[str, Any], streams_in: tuple[torch.Tensor, ...],
+            batch: int, context: str, mask: torch.Tensor | None) -> Any:
         """The stack's output under "taylor": computing rows run for real, skipping rows forecast.
 
-        `head` is the stack's head hook (its `_run_stack`, adapter and controller). A row that has
+        `head` is the stack's head hook (its `_run_stack`, adapter and controller), `module` the
+        head block it wraps. A row that has
         not computed yet in this context computes whatever the mask says; without the rows'
         timesteps (no decision this call) every row computes and no factor changes.
         """
         where = getattr(head.controller, "row_steps" if self.units == "step" else "row_timesteps", None)
         t_all = where(context, batch) if where is not None else None
         if t_all is None:
-            streams = head._run_stack(None, named)
+            streams = head._run_stack(module, named)
             head.controller.stack_ran(context, batch, batch)
             return head.adapter.as_output(streams)
         t_all = t_all.detach().cpu().double()
@@ -271,7 +272,7 @@ class ModuleForecast:
                 k: (v if k in head.adapter.unbatched_block_args else _slice(v, rows, batch)) for k, v in named.items()}
             self.active = p = self._begin(context, update, rows, t_all[rows], batch)
             try:
-                parts.append((rows, head._run_stack(None, sub)))
+                parts.append((rows, head._run_stack(module, sub)))
             finally:
                 self.active = None
             if update:

@@ -51,13 +51,17 @@ def test_eps_zero_is_bit_identical_and_remove_restores(tiny):
 def test_applying_twice_replaces_never_stacks(tiny):
     sencache.apply(tiny.pipe, policy_for(tiny, 1e9, K=1))
     handle = sencache.apply(tiny.pipe, policy_for(tiny, 1e9, K=1))
-    registry = tiny.pipe.transformer._diffusers_hook
-    assert list(registry.hooks).count("sencache_model") == 1
+    transformer = tiny.pipe.transformer
+    blocks = getattr(transformer, "blocks", None) or transformer.transformer_blocks
+    registry = blocks[0]._diffusers_hook
+    assert list(registry.hooks).count("sencache_stack_head") == 1
+    assert len(transformer._forward_pre_hooks) == 1  # one capture hook, not two
     generate(tiny, "a blue square", num_inference_steps=6)
     # K = 1, no zones: compute, skip, compute, skip, ...
     assert handle.report().computed[0].tolist() == [True, False, True, False, True, False]
     sencache.remove(tiny.pipe)
-    assert "sencache_model" not in registry.hooks
+    assert "sencache_stack_head" not in registry.hooks
+    assert len(transformer._forward_pre_hooks) == 0 and len(transformer._forward_hooks) == 0
 
 
 def test_report_counts_match_real_block_executions(tiny):

@@ -161,7 +161,8 @@ def test_forecast_in_a_sub_batch_keeps_each_rows_history():
     control.mask = torch.tensor([True, False])
     # row 0 computes at t = 8 (residual 24, previous 30); row 1 skips, w = 0: 0 + 30
     assert model(torch.zeros(2, 1), torch.tensor([8.0, 8.0])).flatten().tolist() == [24.0, 30.0]
-    assert hooks.head.residual_state().previous[0].flatten().tolist() == [30.0, 30.0]
+    # row 0's difference: its new residual 24 minus its last one 30; row 1 computed once: 0
+    assert hooks.head.residual_state().delta[0].flatten().tolist() == [-6.0, 0.0]
     control.mask, control.weights = torch.tensor([False, False]), torch.tensor([1.0, 0.0])
     # row 0: 24 + 1·(24 − 30) = 18; row 1 has one computed residual only: 30
     assert model(torch.zeros(2, 1), torch.tensor([6.0, 6.0])).flatten().tolist() == [18.0, 30.0]
@@ -184,4 +185,4 @@ def test_without_forecasting_no_previous_residual_is_kept(dummy):
     model(torch.tensor([[1.0]]), torch.zeros(1))
     model(torch.tensor([[2.0]]), torch.zeros(1))
     assert hooks.residual("default") is not None
-    assert hooks.head.residual_state().previous is None
+    assert hooks.head.residual_state().delta is None
