@@ -31,10 +31,12 @@ logger = logging.getLogger("sencache")
 _HANDLE_ATTR = "_sencache_handle"
 
 
-def rule_params(policy: Policy, operating_point: str | None = None, speedup: float | None = None) -> tuple[RuleParams, str]:
-    """Resolve a policy and one of its operating points into the rule's parameters."""
-    point = policy.operating_point(name=operating_point, speedup=speedup)
-    params = RuleParams.from_parts(policy.predictor, policy.sensitivity, point)
+def rule_params(policy: Policy, operating_point: str | None = None, speedup: float | None = None,
+                num_steps: int | None = None) -> tuple[RuleParams, str]:
+    """Resolve a policy and one of its operating points into the rule's parameters (scored with
+    the point's own reuse mode's predictor; `speedup` picks by `num_steps` where points state it)."""
+    point = policy.operating_point(name=operating_point, speedup=speedup, num_steps=num_steps)
+    params = RuleParams.from_parts(policy.predictor_for(point), policy.sensitivity, point)
     return params, point.name
 
 
@@ -81,6 +83,7 @@ def apply(
     operating_point: str | None = None,
     speedup: float | None = None,
     strict: bool = True,
+    num_steps: int | None = None,
 ) -> SenCacheHandle:
     """Apply `policy` to a pipeline (or a bare transformer); returns a handle with `report()`.
 
@@ -90,6 +93,8 @@ def apply(
         operating_point: name of the policy's operating point (default: the policy's default).
         speedup: alternatively, the wanted speedup; picks the closest operating point.
         strict: refuse a policy fitted for another model (fingerprint mismatch); with False, warn.
+        num_steps: with `speedup`, the step count the calls will use: points that state their
+            compute per step count (`expected_nfe_by_steps`) are compared at it.
 
     Applying again replaces the earlier SenCache hooks; it never stacks.
     """
@@ -98,7 +103,7 @@ def apply(
     policy.check_model(config_fingerprint(dict(transformer.config)), strict=strict)
     if operating_point is not None and speedup is not None:
         raise InputError("pass operating_point or speedup, not both")
-    params, point_name = rule_params(policy, operating_point, speedup)
+    params, point_name = rule_params(policy, operating_point, speedup, num_steps)
     _remove_transformer(transformer)
     runtime = _Runtime(params, adapter, pipe, point_name)
     stack = install_stack(transformer, adapter, runtime)
