@@ -33,7 +33,9 @@ from calibration.fitdata import FitData, load_fit_data
 from calibration.objectives import Objective, ReplayObjective, RerunObjective, RunSpec
 from calibration.regression import compare_predictors, fit_predictor
 from calibration.search import SearchSpace, open_study, pareto_front, point_from_params, run_search, warm_starts
-from policies import EpsSchedule, InputError, OperatingPoint, Predictor, SensitivityTable
+from calibration.modefit import below_paper, fit_modes
+from policies import EpsSchedule, InputError, OperatingPoint, Predictor, SensitivityTable, evenly_spaced
+from policies.operating import FORECASTS
 
 __all__ = ["FIT_FORMAT", "TARGETS", "fit", "fit_result_path", "default_storage", "paper_point", "uniform_point"]
 
@@ -77,21 +79,10 @@ def _storage(url: str | None, db: Path) -> Any:
 
 
 def uniform_point(fraction: float, num_steps: int, name: str = "uniform") -> OperatingPoint:
-    """Evenly spaced skipping as an operating point: compute ``round(f·N)`` evenly spaced steps.
-
-    ε is 0 at the knots of the steps that compute (a positive score never passes it) and huge at
-    the others; with a knot at every step position ``i/(N−1)`` the rule reproduces the mask exactly.
-    """
-    n = int(num_steps)
-    keep = max(2, min(n, round(fraction * n)))
-    computed = set(np.round(np.linspace(0, n - 1, keep)).astype(int).tolist())
-    values = [0.0 if i in computed else 1e30 for i in range(n)]
-    run = longest = 0
-    for i in range(n):
-        run = 0 if i in computed else run + 1
-        longest = max(longest, run)
-    positions = [i / (n - 1) for i in range(n)] if n > 1 else [0.0]
-    return OperatingPoint(name, EpsSchedule(tuple(positions), tuple(values)), max_skips=max(1, longest))
+    """Evenly spaced skipping as a static operating point: ``round(f·N)`` evenly spaced steps at
+    N = `num_steps`, and the same fraction, evenly spaced, at any other step count
+    (`policies.evenly_spaced`)."""
+    return OperatingPoint(name, schedule=evenly_spaced(fraction, int(num_steps)))
 
 
 def paper_point(scale: float = 1.0, name: str = "paper") -> OperatingPoint:
@@ -267,6 +258,25 @@ def _compare_with_uniform(points: list[dict[str, Any]], uniform: dict[str, Any],
                            p["name"], p["expected_error"], validation.split()[0], ref["error"], ref.get("runs", 0))
 
 
+def _nfe_by_steps(objectives: _Objectives, objective: Objective, predictors: dict[str, Predictor],
+                  point: OperatingPoint, data: FitData, nfe: float) -> tuple[tuple[int, float], ...]:
+    """The point's compute fraction at 20, 30 and 50 steps (`calibration.stepcounts`): exact for a
+    static point; for a score-driven one measured through the runtime on the validation runs'
+    prompts when the objective re-runs the model, else only at the store's step count (replay
+    cannot run other step counts)."""
+    from calibration.stepcounts import STEP_COUNTS, measure_nfe_by_steps, static_nfe_by_steps
+
+    if point.static:
+        return tuple((int(k), v) for k, v in static_nfe_by_steps(point).items())
+    if not isinstance(objective, RerunObjective):
+        return ((data.num_steps, max(float(nfe), 1e-6)),)
+    runs = objective.runs[:4]
+    policy = objective.policy_for(predictors, point)
+    measured = measure_nfe_by_steps(objectives._pipe(), policy, point, [r.prompt for r in runs],
+                                    seed=int(runs[0].seed), steps=STEP_COUNTS)
+    return tuple((int(k), max(v, 1e-6)) for k, v in measured.items())
+
+
 def _measure(objective: Objective | None, predictor: Predictor, point: OperatingPoint) -> dict[str, Any] | None:
     return None if objective is None else objective.evaluate(predictor, point).to_dict()
 
@@ -316,9 +326,15 @@ def fit(
     pairs = data.pairs(table)
     predictor_fit = fit_predictor(pairs)
     comparison = compare_predictors(pairs, data.steps, predictor_fit)
-    predictor = Predictor(predictor_fit.a, predictor_fit.b, predictor_fit.c,
-                          None if predictor_fit.r2 is None else min(predictor_fit.r2, 1.0),
-                          predictor_fit.spearman)
+    plain = Predictor(predictor_fit.a, predictor_fit.b, predictor_fit.c,
+                      None if predictor_fit.r2 is None else min(predictor_fit.r2, 1.0),
+                      predictor_fit.spearman)
+    # One predictor per reuse mode the store measured; a mode it did not measure falls back to
+    # the plain-reuse fit (and says so in the result).
+    mode_fits = fit_modes(data.mode_pairs(table), FORECASTS)
+    predictors = {m: (mode_fits[m].predictor() if m in mode_fits else plain) for m in FORECASTS}
+    predictor = predictors["none"]
+    weak = below_paper(mode_fits)
 
     calib = pairs[pairs["split"] == "calib"]
     scores = predictor.a * calib["u"] + predictor.b * calib["v"] + predictor.c
@@ -332,27 +348,32 @@ def fit(
     objectives = _Objectives(kind, data, table, model)
     calib_obj = objectives.for_split("calib")
     # The store's digest in the name: the same store resumes its study, a changed one starts afresh.
-    study_name = f"sencache-fit-{kind}-k{knots}-f{len(forecasts)}-s{seed}-{(data.digest or 'nodigest')[:12]}"
+    # "fit2": per-mode predictors score the trials, so a study of the earlier fit does not resume
+    study_name = f"sencache-fit2-{kind}-k{knots}-f{len(forecasts)}-s{seed}-{(data.digest or 'nodigest')[:12]}"
     study = open_study(_storage(storage, data.path), seed, study_name)
     paper_ratio = _paper_ratio(pairs, predictor)
     starts = warm_starts(space, typical, knot_gain, paper_levels=(0.1 * paper_ratio, 0.2 * paper_ratio))
-    run_search(study, calib_obj, predictor, space, trials, starts, show_progress)
+    run_search(study, calib_obj, predictors, space, trials, starts, show_progress)
 
     front = pareto_front(study)
-    chosen = _choose_points(front, space, targets, calib_obj, predictor, refine_evals)
+    chosen = _choose_points(front, space, targets, calib_obj, predictors, refine_evals)
     checker = objectives if validate_kind == kind else _Objectives(validate_kind, data, table, model)
     holdout_obj = checker.for_split("holdout")
     validation = "holdout" if holdout_obj is not None else "calib (no holdout runs in the store)"
     check_obj = holdout_obj or checker.for_split("calib")
     points = []
     for c in chosen:
-        measured = check_obj.evaluate(predictor, c["point"])
+        measured = check_obj.evaluate(predictors, c["point"])
+        c["point"] = replace(c["point"], expected_nfe_by_steps=_nfe_by_steps(checker, check_obj, predictors, c["point"],
+                                                                             data, measured.nfe_fraction))
         points.append({**c["point"].to_dict(), "expected_nfe_fraction": max(measured.nfe_fraction, 1e-6),
                        "expected_error": measured.error, "target_nfe_fraction": c["target"], "trial": c["trial"],
                        "origin": c["origin"],
                        "calib": c["calib"], "validation": measured.to_dict()})
     paper_in_units = _rescaled_paper(pairs, predictor)
     measured = check_obj.evaluate(predictor, paper_in_units)
+    paper_in_units = replace(paper_in_units, expected_nfe_by_steps=_nfe_by_steps(
+        checker, check_obj, {m: predictor for m in FORECASTS}, paper_in_units, data, measured.nfe_fraction))
     points.append({**paper_in_units.to_dict(), "expected_nfe_fraction": max(measured.nfe_fraction, 1e-6),
                    "expected_error": measured.error, "validation": measured.to_dict(),
                    "note": "the paper's two-level ε shape and K = 3, ε rescaled into the fitted score's units"})
@@ -377,6 +398,10 @@ def fit(
         "trials": len([t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]),
         "study": {"name": study_name, "storage": storage or default_storage(data.path)},
         "predictor": predictor_fit.to_dict(),
+        "predictors": {m: (mode_fits[m].to_dict() if m in mode_fits else
+                           {**predictor_fit.to_dict(), "mode": m, "d": 0.0, "fallback": "plain-reuse fit: "
+                            "the store measured no errors of this mode"}) for m in FORECASTS},
+        "predictors_below_paper": weak,
         "predictor_comparison": [row.to_dict() for row in comparison],
         "sensitivity": table.to_dict(),
         "search_space": space.to_dict(),
