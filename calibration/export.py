@@ -86,6 +86,12 @@ def build_policy(result: dict[str, Any], data: Any, source: str = "<export>") ->
         # "search": the searched ε curve; "uniform": evenly spaced skipping won on the calib runs
         "origins": {p["name"]: p.get("origin", "search") for p in result["operating_points"] if "target_nfe_fraction" in p},
         "references": result.get("references"),
+        # the ablation: each chosen point against the best static schedule of the same search and
+        # reuse mode at the same compute (paired holdout difference, point − twin; > 0: twin better)
+        "static_twins": {p["name"]: {k: (p.get("static_twin") or {}).get(k)
+                                     for k in ("origin", "paired_difference", "standard_error", "runs", "replaced")}
+                         for p in result["operating_points"] if p.get("static_twin")},
+        "score_driven": {p["name"]: p.get("score_driven") for p in result["operating_points"] if "score_driven" in p},
         "predictor_comparison": [{k: row.get(k) for k in ("name", "spearman", "r2")} for row in result.get("predictor_comparison", [])],
     }
     provenance = {
@@ -97,7 +103,8 @@ def build_policy(result: dict[str, Any], data: Any, source: str = "<export>") ->
         "split": {"calib": len(result["runs"]["calib"]), "holdout": len(result["runs"]["holdout"])},
         "metrics": metrics,
         "fit": {"created": result.get("created"), "seed": result.get("seed"), "trials": result.get("trials"),
-                "study": result.get("study"), "search_space": result.get("search_space")},
+                "study": result.get("study"), "search": result.get("search", "knots"),
+                "search_space": result.get("search_space")},
         "method": "sencache fit: non-negative robust regression + Optuna search of eps(p), K and zones",
     }
     default = result.get("default_operating_point") or points[0]["name"]

@@ -47,6 +47,8 @@ FIT_VERSION = 1
 TARGETS: dict[str, float] = {"quality": 0.7, "balanced": 0.5, "fast": 0.4}
 #: How far above its target NFE a point may lie and still be chosen for it.
 NFE_TOLERANCE = 0.02
+#: Holdout runs below which `fit` warns that the ablation against the static twin cannot judge.
+MIN_HOLDOUT_RUNS = 6
 #: Models small enough that the default objective is real re-runs.
 _SMALL_MODELS = ("toy-", "tiny-")
 
@@ -184,7 +186,8 @@ def _refine(objective: Objective, predictor: Predictor, point: OperatingPoint, n
 
 
 def _choose_points(front: list[optuna.trial.FrozenTrial], space: SearchSpace, targets: dict[str, float],
-                   objective: Objective, predictor: Predictor, refine_evals: int) -> list[dict[str, Any]]:
+                   objective: Objective, predictor: Predictor, refine_evals: int,
+                   point_of: Any = None) -> list[dict[str, Any]]:
     """Per target: the best front trial at or below it, and the nearest above it, each scaled to the
     target (`_refine`), and evenly spaced skipping at the target; the lower calib error wins.
 
@@ -204,8 +207,16 @@ def _choose_points(front: list[optuna.trial.FrozenTrial], space: SearchSpace, ta
             seeds.append(min(above, key=lambda t: t.values[1]))
         options = []  # (over target, error, -nfe, order, origin, trial number, point, nfe)
         for order, trial in enumerate(seeds):
-            point = point_from_params(trial.params, space, name)
-            refined, nfe, err = _refine(objective, predictor, point, trial.values[1], trial.values[0], target, refine_evals)
+            point = point_of(trial, name) if point_of is not None else point_from_params(trial.params, space, name)
+            if point.static:  # its shape at the target fraction: exact, one evaluation
+                from calibration.shapes import _with_fraction
+
+                refined = _with_fraction(point, target, name)
+                result = objective.evaluate(predictor, refined)
+                nfe, err = result.nfe_fraction, result.error
+            else:
+                refined, nfe, err = _refine(objective, predictor, point, trial.values[1], trial.values[0], target,
+                                            refine_evals)
             options.append((nfe > target + NFE_TOLERANCE, err, -nfe, order, "search", trial.number, refined, nfe))
         for forecast in space.forecasts:
             even = replace(uniform_point(target, space.num_steps, name), forecast=forecast)
@@ -294,6 +305,7 @@ def fit(
     plot: bool = True,
     refine_evals: int = 4,
     validate: str | None = None,
+    search: str = "smooth",
 ) -> dict[str, Any]:
     """Fit a policy's predictor and operating points from the store at `db`; returns the result.
 
@@ -310,11 +322,16 @@ def fit(
         validate: the objective that measures the chosen points on the holdout runs (default: the
             search's). ``objective="replay", validate="rerun"`` searches cheaply on stored
             trajectories and states real re-run errors in the policy.
+        search: ``"smooth"`` (default: ε(p) from a level, a tilt and a bump, the level bisected
+            to each trial's target compute, and static schedules searched beside them;
+            `calibration.shapes`) or ``"knots"`` (one free log ε per knot; `calibration.search`).
     """
     if isinstance(trials, bool) or not isinstance(trials, int) or trials < 1:
         raise InputError(f"--trials must be a positive integer, got {trials!r}; e.g. `sencache-calibrate fit --db {db} --trials 60`")
     if not 8 <= int(knots) <= 16:
         raise InputError(f"--knots must lie in 8..16, got {knots}")
+    if search not in ("smooth", "knots"):
+        raise InputError(f"--search must be smooth or knots, got {search!r}")
     for flag, value in (("--objective", objective), ("--validate", validate)):
         if value not in (None, "rerun", "replay"):
             raise InputError(f"{flag} must be rerun or replay, got {value!r}")
@@ -349,26 +366,57 @@ def fit(
     calib_obj = objectives.for_split("calib")
     # The store's digest in the name: the same store resumes its study, a changed one starts afresh.
     # "fit2": per-mode predictors score the trials, so a study of the earlier fit does not resume
-    study_name = f"sencache-fit2-{kind}-k{knots}-f{len(forecasts)}-s{seed}-{(data.digest or 'nodigest')[:12]}"
+    study_name = (f"sencache-fit2-{search}-{kind}-k{knots}-f{len(forecasts)}-s{seed}-"
+                  f"{(data.digest or 'nodigest')[:12]}")
     study = open_study(_storage(storage, data.path), seed, study_name)
     paper_ratio = _paper_ratio(pairs, predictor)
-    starts = warm_starts(space, typical, knot_gain, paper_levels=(0.1 * paper_ratio, 0.2 * paper_ratio))
-    run_search(study, calib_obj, predictors, space, trials, starts, show_progress)
+    point_of = None
+    if search == "smooth":
+        from calibration.shapes import run_shape_search, shape_warm_starts, trial_point
+
+        # the level bisection runs on the replay of the stored calibration trajectories: no model run
+        replay_calib = (calib_obj if kind == "replay" else _Objectives("replay", data, table, model).for_split("calib"))
+        run_shape_search(study, calib_obj, predictors, space, trials, shape_warm_starts(space, tuple(targets.values())),
+                         lambda point: replay_calib.evaluate(predictors, point).nfe_fraction, show_progress)
+        point_of = trial_point
+    else:
+        starts = warm_starts(space, typical, knot_gain, paper_levels=(0.1 * paper_ratio, 0.2 * paper_ratio))
+        run_search(study, calib_obj, predictors, space, trials, starts, show_progress)
 
     front = pareto_front(study)
-    chosen = _choose_points(front, space, targets, calib_obj, predictors, refine_evals)
+    chosen = _choose_points(front, space, targets, calib_obj, predictors, refine_evals, point_of)
     checker = objectives if validate_kind == kind else _Objectives(validate_kind, data, table, model)
     holdout_obj = checker.for_split("holdout")
     validation = "holdout" if holdout_obj is not None else "calib (no holdout runs in the store)"
     check_obj = holdout_obj or checker.for_split("calib")
     points = []
+    holdout_runs = len(data.run_ids("holdout"))
+    if holdout_runs < MIN_HOLDOUT_RUNS:
+        logger.warning("%d holdout run(s): too few to tell a score-driven point from its static twin (want >= %d); "
+                       "collect more prompts or seeds: `sencache-calibrate collect --model %s --db %s --seeds 2`",
+                       holdout_runs, MIN_HOLDOUT_RUNS, data.model_name, data.path)
     for c in chosen:
         measured = check_obj.evaluate(predictors, c["point"])
+        c["twin"] = None
+        if search == "smooth" and holdout_obj is not None and not c["point"].static:
+            from calibration.shapes import static_twin
+
+            twin = static_twin(study, c["point"], c["target"], space, calib_obj, holdout_obj, predictors, measured)
+            c["twin"] = twin.to_dict()
+            logger.info("%r vs its static twin (%s): paired holdout error difference %+.4g ± %.2g over %d runs",
+                        c["name"], twin.origin, twin.mean_difference, twin.standard_error, twin.runs)
+            if twin.mean_difference > 0:  # the score did not beat the schedule: ship the schedule
+                logger.warning("%r: its static twin is closer to full compute on the holdout runs (%+.4g); "
+                               "it ships static", c["name"], twin.mean_difference)
+                c["twin"]["replaced"] = c["point"].to_dict()
+                c["origin"] = f"static twin ({twin.origin})"
+                c["point"] = replace(twin.point, name=c["name"])
+                measured = check_obj.evaluate(predictors, c["point"])
         c["point"] = replace(c["point"], expected_nfe_by_steps=_nfe_by_steps(checker, check_obj, predictors, c["point"],
                                                                              data, measured.nfe_fraction))
         points.append({**c["point"].to_dict(), "expected_nfe_fraction": max(measured.nfe_fraction, 1e-6),
                        "expected_error": measured.error, "target_nfe_fraction": c["target"], "trial": c["trial"],
-                       "origin": c["origin"],
+                       "origin": c["origin"], "score_driven": not c["point"].static, "static_twin": c["twin"],
                        "calib": c["calib"], "validation": measured.to_dict()})
     paper_in_units = _rescaled_paper(pairs, predictor)
     measured = check_obj.evaluate(predictor, paper_in_units)
@@ -404,6 +452,7 @@ def fit(
         "predictors_below_paper": weak,
         "predictor_comparison": [row.to_dict() for row in comparison],
         "sensitivity": table.to_dict(),
+        "search": search,
         "search_space": space.to_dict(),
         "propagation_gain": None if gains is None else {"positions": gains[0].tolist(), "gain": gains[1].tolist()},
         "pareto_front": [{"trial": t.number, "error": t.values[0], "nfe_fraction": t.values[1]} for t in front],
