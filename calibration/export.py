@@ -89,7 +89,7 @@ def build_policy(result: dict[str, Any], data: Any, source: str = "<export>") ->
         # the ablation: each chosen point against the best static schedule of the same search and
         # reuse mode at the same compute (paired holdout difference, point − twin; > 0: twin better)
         "static_twins": {p["name"]: {k: (p.get("static_twin") or {}).get(k)
-                                     for k in ("origin", "paired_difference", "standard_error", "runs", "replaced")}
+                                     for k in ("origin", "paired_difference", "standard_error", "runs", "replaced", "point")}
                          for p in result["operating_points"] if p.get("static_twin")},
         "score_driven": {p["name"]: p.get("score_driven") for p in result["operating_points"] if "score_driven" in p},
         "predictor_comparison": [{k: row.get(k) for k in ("name", "spearman", "r2")} for row in result.get("predictor_comparison", [])],
