@@ -393,8 +393,10 @@ def fit(
     holdout_runs = len(data.run_ids("holdout"))
     if holdout_runs < MIN_HOLDOUT_RUNS:
         logger.warning("%d holdout run(s): too few to tell a score-driven point from its static twin (want >= %d); "
-                       "collect more prompts or seeds: `sencache-calibrate collect --model %s --db %s --seeds 2`",
-                       holdout_runs, MIN_HOLDOUT_RUNS, data.model_name, data.path)
+                       "collect more held-out runs into the store (more seeds, or more prompts) and fit again: "
+                       "`sencache-calibrate collect --model %s --db %s --seeds %d`",
+                       holdout_runs, MIN_HOLDOUT_RUNS, data.model_name, data.path,
+                       2 * max(1, int(data.runs["seed"].nunique())))
     for c in chosen:
         measured = check_obj.evaluate(predictors, c["point"])
         c["twin"] = None

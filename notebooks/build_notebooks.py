@@ -436,9 +436,11 @@ POLICIES = [
         """
         from policies import OperatingPoint
 
-        fields = OperatingPoint.KEYS + OperatingPoint.OPTIONAL_KEYS  # a fit result's points carry more
+        # a fit result's points carry more; static points (a schedule, no ε) are not plotted here
+        fields = OperatingPoint.KEYS + OperatingPoint.STATIC_KEYS + OperatingPoint.OPTIONAL_KEYS
         ops = (list(policy.operating_points) if policy is not None
                else [OperatingPoint.from_dict({k: p[k] for k in fields if k in p}) for p in source])
+        ops = [p for p in ops if not p.static]
         grid = np.linspace(0.0, 1.0, 401)
         fig, ax = plt.subplots(figsize=(8.5, 5))
         for i, point in enumerate(ops):
@@ -447,7 +449,7 @@ POLICIES = [
                     label=f"{point.name}: K = {point.max_skips}, warm-up {point.warmup_steps:.3g}, "
                           f"final {point.final_steps:.3g}, forecast {point.forecast}")
             ax.plot(point.eps.positions, point.eps.values, "o", color=color, ms=4)
-        values = np.concatenate([np.asarray(p.eps.values) for p in ops])
+        values = np.concatenate([np.asarray(p.eps.values) for p in ops]) if ops else np.ones(1)
         if (values > 0).all():
             ax.set_yscale("log")
         ax.set_xlabel("step position p = i / (N − 1)")
