@@ -33,7 +33,7 @@ __all__ = ["FORECASTS", "OperatingPoint", "zone_steps"]
 #: What a skipped step reuses: "none" the last computed residual as is (the paper's rule);
 #: "linear" that residual extrapolated along the line through the sample's last two computed
 #: residuals, in timestep units (a first-order forecast, as TaylorSeer does for features).
-FORECASTS: tuple[str, ...] = ("none", "linear")
+FORECASTS = ("none", "linear")
 
 _ZONE_FIX = "write an integer count of steps (e.g. 2) or a fraction of the steps in (0, 1) (e.g. 0.1)"
 

@@ -20,8 +20,9 @@ The file format, version 2 (what `save` writes)::
          expected_nfe_fraction, expected_error, forecast?, expected_nfe_by_steps?}],
      "default_operating_point": name, "provenance": {...}}
 
-A point is scored with ``predictors[point.forecast]``; every mode a score-driven point uses must
-have its predictor. Version 1 (one ``predictor`` for every mode, no static points) still loads
+A point is scored with ``predictors[point.forecast]``; a mode without its own predictor (a file
+written before that mode existed) is scored with the ``"none"`` one (`Policy.predictor_for`),
+as version 1 scores every mode. Version 1 (one ``predictor`` for every mode, no static points) still loads
 and applies exactly as before: its one predictor serves every mode.
 """
 
@@ -148,9 +149,8 @@ class Policy:
         provenance (`dict`): how the policy was made: ``created, package_version, store, runs,
             split, metrics`` (JSON values; unknown keys are kept).
         source (`str`): where it came from, for messages (a file path, ``<dict>``); not saved.
-        predictors (`dict[str, Predictor]`): one predictor per reuse mode (version 2); a
-            score-driven point with a mode that is missing here is refused, unless `predictor`
-            is given to serve it.
+        predictors (`dict[str, Predictor]`): one predictor per reuse mode (version 2); a mode
+            missing here is served by `predictor` (by default ``predictors["none"]``).
     """
 
     model: ModelInfo
@@ -172,7 +172,11 @@ class Policy:
         if not fallback:
             if not predictors:
                 where.at("predictor").fail("is missing", "give a predictor, or one per reuse mode in `predictors`")
-            object.__setattr__(self, "predictor", predictors.get("none", next(iter(predictors.values()))))
+            if "none" not in predictors:
+                where.at("predictors").at("none").fail(
+                    "is missing: the plain-reuse predictor serves every mode without its own",
+                    "re-export the policy with `sencache-calibrate export`")
+            object.__setattr__(self, "predictor", predictors["none"])
         for name, cls in (("model", ModelInfo), ("scheduler", SchedulerInfo),
                           ("sensitivity", SensitivityTable), ("predictor", Predictor)):
             object.__setattr__(self, name, _part(getattr(self, name), cls, where.at(name)))
@@ -196,14 +200,6 @@ class Policy:
                 )
             seen[point.name] = i
         object.__setattr__(self, "operating_points", points)
-        if predictors and not fallback:
-            for i, point in enumerate(points):
-                if not point.static and point.forecast not in predictors:
-                    points_where.at(i).at("forecast").fail(
-                        f"is {point.forecast!r}, but `predictors` has no {point.forecast!r} predictor "
-                        f"(it has: {', '.join(predictors)})",
-                        f"re-export the policy with `sencache-calibrate export`, or add predictors.{point.forecast}",
-                    )
         default = self.default_operating_point
         if default is None:
             default = points[0].name

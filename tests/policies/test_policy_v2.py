@@ -85,7 +85,7 @@ def test_version_2_round_trips_and_version_1_is_saved_as_version_2(tmp_path):
 
 
 @pytest.mark.parametrize(("mutate", "path", "reason"), [
-    (lambda d: d["predictors"].pop("linear"), r"operating_points\[1\]\.forecast", "no 'linear' predictor"),
+    (lambda d: d["predictors"].pop("none"), r"predictors\.none", "is missing"),
     (lambda d: d["predictors"].update(taylr={"a": 1, "b": 1, "c": 0, "r2": None, "spearman": None}),
      "predictors.taylr", "not a reuse mode"),
     (lambda d: d.update(predictors={}), "predictors", "at least one predictor"),
@@ -97,6 +97,16 @@ def test_version_2_refusals_name_the_file_and_field(mutate, path, reason):
     mutate(data)
     with pytest.raises(PolicyError, match=rf"^v2\.json: field {path}: .*{reason}.*Fix: "):
         Policy.from_dict(data, source="v2.json")
+
+
+def test_a_mode_without_its_own_predictor_is_scored_with_the_plain_one():
+    # e.g. a file written before a reuse mode existed, run with that mode
+    data = fresh_valid()
+    del data["predictors"]["linear"]
+    policy = Policy.from_dict(data)
+    assert policy.predictor_for("linear") == policy.predictor_for("none") == policy.predictor
+    params, _ = rule_params(policy, operating_point="fast")  # a linear point
+    assert (params.a, params.b, params.c) == (1.2, 0.8, 0.01)
 
 
 def test_version_1_with_version_2_fields_is_refused():
