@@ -184,6 +184,7 @@ def _collect_one(loaded: Any, prompt: str, seed: int, call: dict[str, Any], k_ma
         "steps": _one_sample(sink.frame("steps"), "steps"),
         "sensitivities": _one_sample(sink.frame("sensitivities"), "sensitivities"),
         "cache_errors": _one_sample(sink.frame("cache_errors"), "cache_errors"),
+        "reuse_errors": _one_sample(sink.frame("reuse_errors"), "reuse_errors"),
         "propagation": propagation,
         "latents": latents,
     }

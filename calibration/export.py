@@ -53,7 +53,17 @@ def read_fit_result(db: str | Path, fit_path: str | Path | None = None) -> dict[
     return result
 
 
-_POINT_KEYS = OperatingPoint.KEYS + OperatingPoint.OPTIONAL_KEYS
+_POINT_KEYS = tuple(dict.fromkeys(OperatingPoint.KEYS + OperatingPoint.STATIC_KEYS + OperatingPoint.OPTIONAL_KEYS))
+
+
+def _predictors(result: dict[str, Any]) -> dict[str, Predictor]:
+    """The fit result's predictor per reuse mode (format 2); empty for an older fit result."""
+    out = {}
+    for mode, pred in (result.get("predictors") or {}).items():
+        r2 = pred.get("r2")
+        out[mode] = Predictor(pred["a"], pred["b"], pred["c"], None if r2 is None else min(float(r2), 1.0),
+                              pred.get("spearman"), d=float(pred.get("d") or 0.0))
+    return out
 
 
 def build_policy(result: dict[str, Any], data: Any, source: str = "<export>") -> Policy:
@@ -67,10 +77,21 @@ def build_policy(result: dict[str, Any], data: Any, source: str = "<export>") ->
         "objective": result.get("objective"),
         "validation_objective": result.get("validation_objective", result.get("objective")),
         "predictor": {k: pred.get(k) for k in ("r2", "r2_log", "spearman", "n_test", "validation", "loss")},
+        # per reuse mode: held-out ρ, R², within-step ρ across samples, and the paper score's
+        "predictors": {m: {k: p.get(k) for k in ("spearman", "r2", "r2_log", "within_step_spearman", "n_test",
+                                                 "validation", "paper", "with_residual_change", "below_paper",
+                                                 "fallback") if k in p}
+                       for m, p in (result.get("predictors") or {}).items()},
         "operating_points": {p["name"]: p.get("validation") for p in result["operating_points"]},
         # "search": the searched ε curve; "uniform": evenly spaced skipping won on the calib runs
         "origins": {p["name"]: p.get("origin", "search") for p in result["operating_points"] if "target_nfe_fraction" in p},
         "references": result.get("references"),
+        # the ablation: each chosen point against the best static schedule of the same search and
+        # reuse mode at the same compute (paired holdout difference, point − twin; > 0: twin better)
+        "static_twins": {p["name"]: {k: (p.get("static_twin") or {}).get(k)
+                                     for k in ("origin", "paired_difference", "standard_error", "runs", "replaced", "point")}
+                         for p in result["operating_points"] if p.get("static_twin")},
+        "score_driven": {p["name"]: p.get("score_driven") for p in result["operating_points"] if "score_driven" in p},
         "predictor_comparison": [{k: row.get(k) for k in ("name", "spearman", "r2")} for row in result.get("predictor_comparison", [])],
     }
     provenance = {
@@ -82,7 +103,8 @@ def build_policy(result: dict[str, Any], data: Any, source: str = "<export>") ->
         "split": {"calib": len(result["runs"]["calib"]), "holdout": len(result["runs"]["holdout"])},
         "metrics": metrics,
         "fit": {"created": result.get("created"), "seed": result.get("seed"), "trials": result.get("trials"),
-                "study": result.get("study"), "search_space": result.get("search_space")},
+                "study": result.get("study"), "search": result.get("search", "knots"),
+                "search_space": result.get("search_space")},
         "method": "sencache fit: non-negative robust regression + Optuna search of eps(p), K and zones",
     }
     default = result.get("default_operating_point") or points[0]["name"]
@@ -91,7 +113,8 @@ def build_policy(result: dict[str, Any], data: Any, source: str = "<export>") ->
         model=ModelInfo(model["class"], model["fingerprint"], model["name"]),
         scheduler=SchedulerInfo.from_dict(result["scheduler"]) if result.get("scheduler") else data.scheduler(),
         sensitivity=data.sensitivity_table(),
-        predictor=predictor,
+        predictor=None if _predictors(result) else predictor,
+        predictors=_predictors(result),
         operating_points=tuple(points),
         default_operating_point=default,
         provenance=provenance,

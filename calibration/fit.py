@@ -33,7 +33,9 @@ from calibration.fitdata import FitData, load_fit_data
 from calibration.objectives import Objective, ReplayObjective, RerunObjective, RunSpec
 from calibration.regression import compare_predictors, fit_predictor
 from calibration.search import SearchSpace, open_study, pareto_front, point_from_params, run_search, warm_starts
-from policies import EpsSchedule, InputError, OperatingPoint, Predictor, SensitivityTable
+from calibration.modefit import below_paper, fit_modes
+from policies import EpsSchedule, InputError, OperatingPoint, Predictor, SensitivityTable, evenly_spaced
+from policies.operating import FORECASTS
 
 __all__ = ["FIT_FORMAT", "TARGETS", "fit", "fit_result_path", "default_storage", "paper_point", "uniform_point"]
 
@@ -45,6 +47,8 @@ FIT_VERSION = 1
 TARGETS: dict[str, float] = {"quality": 0.7, "balanced": 0.5, "fast": 0.4}
 #: How far above its target NFE a point may lie and still be chosen for it.
 NFE_TOLERANCE = 0.02
+#: Holdout runs below which `fit` warns that the ablation against the static twin cannot judge.
+MIN_HOLDOUT_RUNS = 6
 #: Models small enough that the default objective is real re-runs.
 _SMALL_MODELS = ("toy-", "tiny-")
 
@@ -77,21 +81,10 @@ def _storage(url: str | None, db: Path) -> Any:
 
 
 def uniform_point(fraction: float, num_steps: int, name: str = "uniform") -> OperatingPoint:
-    """Evenly spaced skipping as an operating point: compute ``round(f·N)`` evenly spaced steps.
-
-    ε is 0 at the knots of the steps that compute (a positive score never passes it) and huge at
-    the others; with a knot at every step position ``i/(N−1)`` the rule reproduces the mask exactly.
-    """
-    n = int(num_steps)
-    keep = max(2, min(n, round(fraction * n)))
-    computed = set(np.round(np.linspace(0, n - 1, keep)).astype(int).tolist())
-    values = [0.0 if i in computed else 1e30 for i in range(n)]
-    run = longest = 0
-    for i in range(n):
-        run = 0 if i in computed else run + 1
-        longest = max(longest, run)
-    positions = [i / (n - 1) for i in range(n)] if n > 1 else [0.0]
-    return OperatingPoint(name, EpsSchedule(tuple(positions), tuple(values)), max_skips=max(1, longest))
+    """Evenly spaced skipping as a static operating point: ``round(f·N)`` evenly spaced steps at
+    N = `num_steps`, and the same fraction, evenly spaced, at any other step count
+    (`policies.evenly_spaced`)."""
+    return OperatingPoint(name, schedule=evenly_spaced(fraction, int(num_steps)))
 
 
 def paper_point(scale: float = 1.0, name: str = "paper") -> OperatingPoint:
@@ -193,7 +186,8 @@ def _refine(objective: Objective, predictor: Predictor, point: OperatingPoint, n
 
 
 def _choose_points(front: list[optuna.trial.FrozenTrial], space: SearchSpace, targets: dict[str, float],
-                   objective: Objective, predictor: Predictor, refine_evals: int) -> list[dict[str, Any]]:
+                   objective: Objective, predictor: Predictor, refine_evals: int,
+                   point_of: Any = None) -> list[dict[str, Any]]:
     """Per target: the best front trial at or below it, and the nearest above it, each scaled to the
     target (`_refine`), and evenly spaced skipping at the target; the lower calib error wins.
 
@@ -213,8 +207,16 @@ def _choose_points(front: list[optuna.trial.FrozenTrial], space: SearchSpace, ta
             seeds.append(min(above, key=lambda t: t.values[1]))
         options = []  # (over target, error, -nfe, order, origin, trial number, point, nfe)
         for order, trial in enumerate(seeds):
-            point = point_from_params(trial.params, space, name)
-            refined, nfe, err = _refine(objective, predictor, point, trial.values[1], trial.values[0], target, refine_evals)
+            point = point_of(trial, name) if point_of is not None else point_from_params(trial.params, space, name)
+            if point.static:  # its shape at the target fraction: exact, one evaluation
+                from calibration.shapes import _with_fraction
+
+                refined = _with_fraction(point, target, name)
+                result = objective.evaluate(predictor, refined)
+                nfe, err = result.nfe_fraction, result.error
+            else:
+                refined, nfe, err = _refine(objective, predictor, point, trial.values[1], trial.values[0], target,
+                                            refine_evals)
             options.append((nfe > target + NFE_TOLERANCE, err, -nfe, order, "search", trial.number, refined, nfe))
         for forecast in space.forecasts:
             even = replace(uniform_point(target, space.num_steps, name), forecast=forecast)
@@ -267,6 +269,25 @@ def _compare_with_uniform(points: list[dict[str, Any]], uniform: dict[str, Any],
                            p["name"], p["expected_error"], validation.split()[0], ref["error"], ref.get("runs", 0))
 
 
+def _nfe_by_steps(objectives: _Objectives, objective: Objective, predictors: dict[str, Predictor],
+                  point: OperatingPoint, data: FitData, nfe: float) -> tuple[tuple[int, float], ...]:
+    """The point's compute fraction at 20, 30 and 50 steps (`calibration.stepcounts`): exact for a
+    static point; for a score-driven one measured through the runtime on the validation runs'
+    prompts when the objective re-runs the model, else only at the store's step count (replay
+    cannot run other step counts)."""
+    from calibration.stepcounts import STEP_COUNTS, measure_nfe_by_steps, static_nfe_by_steps
+
+    if point.static:
+        return tuple((int(k), v) for k, v in static_nfe_by_steps(point).items())
+    if not isinstance(objective, RerunObjective):
+        return ((data.num_steps, max(float(nfe), 1e-6)),)
+    runs = objective.runs[:4]
+    policy = objective.policy_for(predictors, point)
+    measured = measure_nfe_by_steps(objectives._pipe(), policy, point, [r.prompt for r in runs],
+                                    seed=int(runs[0].seed), steps=STEP_COUNTS)
+    return tuple((int(k), max(v, 1e-6)) for k, v in measured.items())
+
+
 def _measure(objective: Objective | None, predictor: Predictor, point: OperatingPoint) -> dict[str, Any] | None:
     return None if objective is None else objective.evaluate(predictor, point).to_dict()
 
@@ -284,6 +305,7 @@ def fit(
     plot: bool = True,
     refine_evals: int = 4,
     validate: str | None = None,
+    search: str = "smooth",
 ) -> dict[str, Any]:
     """Fit a policy's predictor and operating points from the store at `db`; returns the result.
 
@@ -300,11 +322,16 @@ def fit(
         validate: the objective that measures the chosen points on the holdout runs (default: the
             search's). ``objective="replay", validate="rerun"`` searches cheaply on stored
             trajectories and states real re-run errors in the policy.
+        search: ``"smooth"`` (default: ε(p) from a level, a tilt and a bump, the level bisected
+            to each trial's target compute, and static schedules searched beside them;
+            `calibration.shapes`) or ``"knots"`` (one free log ε per knot; `calibration.search`).
     """
     if isinstance(trials, bool) or not isinstance(trials, int) or trials < 1:
         raise InputError(f"--trials must be a positive integer, got {trials!r}; e.g. `sencache-calibrate fit --db {db} --trials 60`")
     if not 8 <= int(knots) <= 16:
         raise InputError(f"--knots must lie in 8..16, got {knots}")
+    if search not in ("smooth", "knots"):
+        raise InputError(f"--search must be smooth or knots, got {search!r}")
     for flag, value in (("--objective", objective), ("--validate", validate)):
         if value not in (None, "rerun", "replay"):
             raise InputError(f"{flag} must be rerun or replay, got {value!r}")
@@ -316,9 +343,15 @@ def fit(
     pairs = data.pairs(table)
     predictor_fit = fit_predictor(pairs)
     comparison = compare_predictors(pairs, data.steps, predictor_fit)
-    predictor = Predictor(predictor_fit.a, predictor_fit.b, predictor_fit.c,
-                          None if predictor_fit.r2 is None else min(predictor_fit.r2, 1.0),
-                          predictor_fit.spearman)
+    plain = Predictor(predictor_fit.a, predictor_fit.b, predictor_fit.c,
+                      None if predictor_fit.r2 is None else min(predictor_fit.r2, 1.0),
+                      predictor_fit.spearman)
+    # One predictor per reuse mode the store measured; a mode it did not measure falls back to
+    # the plain-reuse fit (and says so in the result).
+    mode_fits = fit_modes(data.mode_pairs(table), FORECASTS)
+    predictors = {m: (mode_fits[m].predictor() if m in mode_fits else plain) for m in FORECASTS}
+    predictor = predictors["none"]
+    weak = below_paper(mode_fits)
 
     calib = pairs[pairs["split"] == "calib"]
     scores = predictor.a * calib["u"] + predictor.b * calib["v"] + predictor.c
@@ -332,27 +365,65 @@ def fit(
     objectives = _Objectives(kind, data, table, model)
     calib_obj = objectives.for_split("calib")
     # The store's digest in the name: the same store resumes its study, a changed one starts afresh.
-    study_name = f"sencache-fit-{kind}-k{knots}-f{len(forecasts)}-s{seed}-{(data.digest or 'nodigest')[:12]}"
+    # "fit2": per-mode predictors score the trials, so a study of the earlier fit does not resume
+    study_name = (f"sencache-fit2-{search}-{kind}-k{knots}-f{len(forecasts)}-s{seed}-"
+                  f"{(data.digest or 'nodigest')[:12]}")
     study = open_study(_storage(storage, data.path), seed, study_name)
     paper_ratio = _paper_ratio(pairs, predictor)
-    starts = warm_starts(space, typical, knot_gain, paper_levels=(0.1 * paper_ratio, 0.2 * paper_ratio))
-    run_search(study, calib_obj, predictor, space, trials, starts, show_progress)
+    point_of = None
+    if search == "smooth":
+        from calibration.shapes import run_shape_search, shape_warm_starts, trial_point
+
+        # the level bisection runs on the replay of the stored calibration trajectories: no model run
+        replay_calib = (calib_obj if kind == "replay" else _Objectives("replay", data, table, model).for_split("calib"))
+        run_shape_search(study, calib_obj, predictors, space, trials, shape_warm_starts(space, tuple(targets.values())),
+                         lambda point: replay_calib.evaluate(predictors, point).nfe_fraction, show_progress)
+        point_of = trial_point
+    else:
+        starts = warm_starts(space, typical, knot_gain, paper_levels=(0.1 * paper_ratio, 0.2 * paper_ratio))
+        run_search(study, calib_obj, predictors, space, trials, starts, show_progress)
 
     front = pareto_front(study)
-    chosen = _choose_points(front, space, targets, calib_obj, predictor, refine_evals)
+    chosen = _choose_points(front, space, targets, calib_obj, predictors, refine_evals, point_of)
     checker = objectives if validate_kind == kind else _Objectives(validate_kind, data, table, model)
     holdout_obj = checker.for_split("holdout")
     validation = "holdout" if holdout_obj is not None else "calib (no holdout runs in the store)"
     check_obj = holdout_obj or checker.for_split("calib")
     points = []
+    holdout_runs = len(data.run_ids("holdout"))
+    if holdout_runs < MIN_HOLDOUT_RUNS:
+        logger.warning("%d holdout run(s): too few to tell a score-driven point from its static twin (want >= %d); "
+                       "collect more held-out runs into the store (more seeds, or more prompts) and fit again: "
+                       "`sencache-calibrate collect --model %s --db %s --seeds %d`",
+                       holdout_runs, MIN_HOLDOUT_RUNS, data.model_name, data.path,
+                       2 * max(1, int(data.runs["seed"].nunique())))
     for c in chosen:
-        measured = check_obj.evaluate(predictor, c["point"])
+        measured = check_obj.evaluate(predictors, c["point"])
+        c["twin"] = None
+        if search == "smooth" and holdout_obj is not None and not c["point"].static:
+            from calibration.shapes import static_twin
+
+            twin = static_twin(study, c["point"], c["target"], space, calib_obj, holdout_obj, predictors, measured)
+            c["twin"] = twin.to_dict()
+            logger.info("%r vs its static twin (%s): paired holdout error difference %+.4g ± %.2g over %d runs",
+                        c["name"], twin.origin, twin.mean_difference, twin.standard_error, twin.runs)
+            if twin.mean_difference > 0:  # the score did not beat the schedule: ship the schedule
+                logger.warning("%r: its static twin is closer to full compute on the holdout runs (%+.4g); "
+                               "it ships static", c["name"], twin.mean_difference)
+                c["twin"]["replaced"] = c["point"].to_dict()
+                c["origin"] = f"static twin ({twin.origin})"
+                c["point"] = replace(twin.point, name=c["name"])
+                measured = check_obj.evaluate(predictors, c["point"])
+        c["point"] = replace(c["point"], expected_nfe_by_steps=_nfe_by_steps(checker, check_obj, predictors, c["point"],
+                                                                             data, measured.nfe_fraction))
         points.append({**c["point"].to_dict(), "expected_nfe_fraction": max(measured.nfe_fraction, 1e-6),
                        "expected_error": measured.error, "target_nfe_fraction": c["target"], "trial": c["trial"],
-                       "origin": c["origin"],
+                       "origin": c["origin"], "score_driven": not c["point"].static, "static_twin": c["twin"],
                        "calib": c["calib"], "validation": measured.to_dict()})
     paper_in_units = _rescaled_paper(pairs, predictor)
     measured = check_obj.evaluate(predictor, paper_in_units)
+    paper_in_units = replace(paper_in_units, expected_nfe_by_steps=_nfe_by_steps(
+        checker, check_obj, {m: predictor for m in FORECASTS}, paper_in_units, data, measured.nfe_fraction))
     points.append({**paper_in_units.to_dict(), "expected_nfe_fraction": max(measured.nfe_fraction, 1e-6),
                    "expected_error": measured.error, "validation": measured.to_dict(),
                    "note": "the paper's two-level ε shape and K = 3, ε rescaled into the fitted score's units"})
@@ -377,8 +448,13 @@ def fit(
         "trials": len([t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]),
         "study": {"name": study_name, "storage": storage or default_storage(data.path)},
         "predictor": predictor_fit.to_dict(),
+        "predictors": {m: (mode_fits[m].to_dict() if m in mode_fits else
+                           {**predictor_fit.to_dict(), "mode": m, "d": 0.0, "fallback": "plain-reuse fit: "
+                            "the store measured no errors of this mode"}) for m in FORECASTS},
+        "predictors_below_paper": weak,
         "predictor_comparison": [row.to_dict() for row in comparison],
         "sensitivity": table.to_dict(),
+        "search": search,
         "search_space": space.to_dict(),
         "propagation_gain": None if gains is None else {"positions": gains[0].tolist(), "gain": gains[1].tolist()},
         "pareto_front": [{"trial": t.number, "error": t.values[0], "nfe_fraction": t.values[1]} for t in front],

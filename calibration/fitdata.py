@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +45,8 @@ class FitData:
     propagation: pd.DataFrame
     estimator: str
     digest: str = ""
+    #: per (run, step, lag, reuse mode) the measured error (store schema 2); may be empty
+    reuse_errors: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     # --- what the runs share -------------------------------------------------------------------
     @property
@@ -127,6 +129,14 @@ class FitData:
         pairs["p"] = (pairs["step"] + pairs["lag"]) / (pairs["num_steps"] - 1).clip(lower=1)
         return pairs
 
+    def mode_pairs(self, table: SensitivityTable | None = None) -> pd.DataFrame:
+        """One row per (run, step r, lag k, reuse mode): the predictor's terms and the error
+        (`calibration.modefit.mode_pairs`)."""
+        from calibration.modefit import mode_pairs
+
+        return mode_pairs(self.steps, self.runs, self.cache_errors, self.reuse_errors,
+                          table or self.sensitivity_table())
+
     # --- propagation gain ----------------------------------------------------------------------
     def gain_curve(self) -> tuple[np.ndarray, np.ndarray] | None:
         """The median propagation gain G over runs at each measured position p, or None."""
@@ -192,6 +202,7 @@ def load_fit_data(db: str | Path, model: str | None = None) -> FitData:
         sens = _frame(store, "sensitivities")
         errors = _frame(store, "cache_errors")
         prop = _frame(store, "propagation")
+        reuse = _frame(store, "reuse_errors") if hasattr(store, "reuse_errors") else pd.DataFrame()
     finally:
         close = getattr(store, "close", None)
         if close is not None:
@@ -210,6 +221,7 @@ def load_fit_data(db: str | Path, model: str | None = None) -> FitData:
         )
     ids = set(runs["run_id"])
     steps, sens, errors = (df[df["run_id"].isin(ids)] for df in (steps, sens, errors))
+    reuse = reuse[reuse["run_id"].isin(ids)] if len(reuse) else reuse
     prop = prop[prop["run_id"].isin(ids)] if len(prop) else prop
     sens = sens.dropna(subset=["J_x", "J_t"], how="all") if len(sens) else sens
     if sens.empty:
@@ -234,4 +246,4 @@ def load_fit_data(db: str | Path, model: str | None = None) -> FitData:
             f"{path}: every run is in the holdout split; the fit needs calibration runs. "
             f"Collect some with {_collect_cmd(path, model)} (split calib)"
         )
-    return FitData(path, runs.reset_index(drop=True), steps, sens, errors, prop, estimator, digest)
+    return FitData(path, runs.reset_index(drop=True), steps, sens, errors, prop, estimator, digest, reuse)

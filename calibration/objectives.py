@@ -17,6 +17,7 @@ Two evaluators with one interface, ``evaluate(predictor, point) -> Evaluation``:
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -227,7 +228,12 @@ class RerunObjective:
         latents = out.frames if hasattr(out, "frames") else out[0]
         return torch.as_tensor(latents).float().cpu()
 
-    def policy_for(self, predictor: Predictor, point: OperatingPoint) -> Policy:
+    def policy_for(self, predictor: Predictor | Mapping[str, Predictor], point: OperatingPoint) -> Policy:
+        """A one-point policy; `predictor` may be a mapping reuse mode → predictor (format 2)."""
+        if isinstance(predictor, Mapping):
+            one = predictor.get(point.forecast, predictor.get("none"))
+            return Policy(self.model, self.scheduler, self.table, one, (point,), point.name, {},
+                          predictors=dict(predictor))
         return Policy(self.model, self.scheduler, self.table, predictor, (point,), point.name, {})
 
     def evaluate(self, predictor: Predictor, point: OperatingPoint) -> Evaluation:

@@ -3,8 +3,17 @@
 `_Recorder` is the state of one recording and the `StackController` of the installed block
 stack. The model hook hands it every forward of the transformer; on the conditional branch it
 lets the real forward run untouched, then measures (see `calibration.recording` for the rows):
-one batched extra forward per step whose rows are [g; bypass_1; ...; bypass_K], where the g rows
-run the blocks at (x_i, t_{i+1}) and the bypass rows take `input + R_{i−k}` at (x_i, t_i).
+one batched extra forward per step whose rows are [g; bypass rows], where the g rows run the
+blocks at (x_i, t_{i+1}) and the bypass rows take `input + R̃` at (x_i, t_i): one per lag k and
+reuse mode, R̃ being what that mode would reuse from the computed step i − k.
+
+The reuse modes are `REUSE_MODES`, one measurement function each: given the computed step r
+(`_Seen`), the computed step before it and the timestep t of the step being skipped, it returns
+the residual the runtime would add (or None when the mode cannot be measured this way). A mode
+whose reuse is "input + a residual built from what the cache holds" (a forecast of any order)
+is added by adding its function; its errors land in `reuse_errors` under its name, no schema
+change. A mode that forecasts inside the blocks (per attention / feed-forward output) needs its
+own forward instead of a bypass row and is measured outside this table of functions.
 """
 
 from __future__ import annotations
@@ -25,7 +34,7 @@ from sencache.adapters import BlockStackAdapter
 from sencache.norms import rms, rms_diff
 from sencache.stack import DEFAULT_CONTEXT, StackHooks
 
-__all__ = ["ESTIMATORS", "ReferenceLatents", "Sink"]
+__all__ = ["ESTIMATORS", "REUSE_MODES", "ReferenceLatents", "Sink"]
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +60,25 @@ class _Seen:
     x: torch.Tensor
     f: torch.Tensor
     residual: tuple[torch.Tensor, ...]
+
+
+def _reuse_plain(seen: _Seen, before: _Seen | None, t: float) -> tuple[torch.Tensor, ...]:
+    """Mode "none": the residual R_r as it is (the paper's reuse)."""
+    return seen.residual
+
+
+def _reuse_linear(seen: _Seen, before: _Seen | None, t: float) -> tuple[torch.Tensor, ...]:
+    """Mode "linear": ``R_r + w·(R_r − R_r')``, ``w = (t − t_r)/(t_r − t_r')`` in timestep units, as
+    `sencache.runtime.forecast_weights` and `sencache.stack._reuse` do; R_r as it is when r is the
+    first computed step (w = 0 there, as in the runtime)."""
+    if before is None or abs(seen.t - before.t) <= 1e-12:
+        return seen.residual
+    w = (t - seen.t) / (seen.t - before.t)
+    return tuple(r + w * (r - p) for r, p in zip(seen.residual, before.residual))
+
+
+#: reuse mode → measurement function (see the module docstring); keys are `policies` FORECASTS
+REUSE_MODES: dict[str, Any] = {"none": _reuse_plain, "linear": _reuse_linear}
 
 
 def _output(out: Any) -> torch.Tensor:
@@ -97,7 +125,8 @@ class _Recorder:
         self._reset_trajectory()
 
     def _reset_trajectory(self) -> None:
-        self.window: deque[_Seen] = deque(maxlen=self.k_max)
+        # k_max + 1: a forecast from step i − k_max also needs the computed step before it
+        self.window: deque[_Seen] = deque(maxlen=self.k_max + 1)
         self.pending_g: torch.Tensor | None = None
         self.prev_signals: dict[str, torch.Tensor] = {}
         self.step_rows: dict[tuple[int, int], dict[str, Any]] = {}
@@ -227,10 +256,13 @@ class _Recorder:
         self.pending_g = None
 
         signals = self._signals(index, residual)
+        change = [None] * rows
+        if prev is not None and prev.step == step - 1 and prev.residual[0].shape == residual[0].shape:
+            change = rms_diff(residual[0].float(), prev.residual[0].float()).tolist()
         for b in range(rows):
             self.step_rows[(step, b)] = {
                 "call": self.call, "sample": b, "step": step, "timestep": t, "t_next": t_next, "dx_norm": None,
-                "x_norm": float(rms(x)[b]), "out_norm": float(rms(f)[b]),
+                "x_norm": float(rms(x)[b]), "out_norm": float(rms(f)[b]), "residual_change": change[b],
                 **{k: v[b] for k, v in signals.items()},
             }
             if self.keep_latents:
@@ -240,12 +272,24 @@ class _Recorder:
         # g = f(x_i, t_{i+1}) for the trajectory estimator: all in one batched forward
         reused = [seen for seen in self.window if 1 <= step - seen.step <= self.k_max]
         g_t = _at_timestep(t_sub, t_next) if t_next is not None and self.estimator == "trajectory" else None
-        g, bypassed = self._extras(fn, sub, context, x, t_sub, g_t, [seen.residual for seen in reused])
-        for seen, out_k in zip(reused, bypassed):
-            res_err, out_err, dx = rms_diff(f, out_k), rms_diff(f, seen.f), rms_diff(x, seen.x)
+        before = {seen.step: seen for seen in self.window}
+        bypass: list[tuple[str, _Seen, tuple[torch.Tensor, ...]]] = []
+        for mode, measure in REUSE_MODES.items():
+            for seen in reused:
+                residual_k = measure(seen, before.get(seen.step - 1), t)
+                if residual_k is not None:
+                    bypass.append((mode, seen, residual_k))
+        g, bypassed = self._extras(fn, sub, context, x, t_sub, g_t, [r for _, _, r in bypass])
+        for (mode, seen, _), out_k in zip(bypass, bypassed):
+            err = rms_diff(f, out_k)
+            for b in range(rows):
+                self._emit("reuse_errors", seen.step, b, lag=step - seen.step, mode=mode, error=float(err[b]))
+            if mode != "none":
+                continue
+            out_err, dx = rms_diff(f, seen.f), rms_diff(x, seen.x)
             for b in range(rows):
                 self._emit("cache_errors", seen.step, b, lag=step - seen.step, dx=float(dx[b]), dt=abs(t - seen.t),
-                           residual_error=float(res_err[b]), output_error=float(out_err[b]))
+                           residual_error=float(err[b]), output_error=float(out_err[b]))
         self.pending_g = g
         if t_next is not None and self.estimator == "reference":
             self._reference(fn, sub, context, step, t_sub, t, t_next, x)

@@ -18,6 +18,10 @@ Per step i and sample b it sends rows to `sink.add(table, row)`:
 - `cache_errors` at step i+k for k = 1..K: ‖f_{i+k} − f̃‖ where f̃ is a forward at
   (x_{i+k}, t_{i+k}) with the blocks bypassed by `input + R_i` (embeddings and head only: cheap),
   and the plain output-reuse error ‖f_{i+k} − f_i‖.
+- `reuse_errors` at step i+k for k = 1..K and every reuse mode (`calibration.recorder.REUSE_MODES`):
+  the same bypassed forward with what that mode reuses from step i — "none" R_i (the
+  `cache_errors.residual_error` again), "linear" R_i + w·(R_i − R_{i−1}) — against f_{i+k}.
+- `steps.residual_change`: ‖R_i − R_{i−1}‖, what a forecasting runtime knows at no cost.
 - `latents`: x_i as a float16 array under `value` (and x_N through `rec.finish(final_latents)`).
 
 Norms are RMS per row (`sencache.norms`); a zero denominator gives None, never inf/NaN. Rows

@@ -18,6 +18,7 @@ from policies.model import ModelInfo, Predictor, SchedulerInfo
 from policies.operating import OperatingPoint
 from policies.paper import constant_policy, paper_policy
 from policies.policy import FORMAT, VERSION, Policy
+from policies.schedule import StaticSchedule, evenly_spaced
 from policies.tables import TWO_LEVEL_GAP, EpsSchedule, SensitivityTable
 
 __all__ = [
@@ -34,7 +35,9 @@ __all__ = [
     "SchedulerInfo",
     "SenCacheError",
     "SensitivityTable",
+    "StaticSchedule",
     "config_fingerprint",
     "constant_policy",
+    "evenly_spaced",
     "paper_policy",
 ]

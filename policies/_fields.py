@@ -88,13 +88,13 @@ def check_keys(value: Any, where: Where, required: Sequence[str], optional: Sequ
     for key in required:
         if key not in obj:
             where.at(key).fail(
-                "is missing", f"add the field `{key}` (version 1 needs: {', '.join(required)})"
+                "is missing", f"add the field `{key}` (this part needs: {', '.join(required)})"
             )
     known = tuple(required) + tuple(optional)
     for key in obj:
         if key not in known:
             where.at(key).fail(
-                "is not a field of the version 1 format",
+                "is not a field of this part of the policy format",
                 f"remove it or check its spelling (known fields: {', '.join(known)})",
             )
     return obj

@@ -95,7 +95,8 @@ class SchedulerInfo:
 
 @dataclass(frozen=True)
 class Predictor:
-    """The score ``S = a·J_x(t_r)·‖x − x_r‖ + b·J_t(t_r)·|t − t_r| + c`` and its quality of fit.
+    """The score ``S = a·J_x(t_r)·‖x − x_r‖ + b·J_t(t_r)·|t − t_r| + d·J_t(t_r)·|t − t_r|² + c``
+    and its quality of fit. One per reuse mode in policy format version 2 (``predictors``).
 
     Args:
         a (`float`): weight of the latent-change term, finite and >= 0 (paper: 1).
@@ -104,6 +105,8 @@ class Predictor:
         r2 (`float` or `None`): R² of the fit on held-out errors, <= 1; None when not fitted.
         spearman (`float` or `None`): Spearman ρ of score vs measured error, in [-1, 1]; None
             when not fitted.
+        d (`float`): weight of the second-order timestep term, finite and >= 0 (a forecast's
+            error grows with the square of the gap); optional in the file, 0 when absent.
     """
 
     a: float = 1.0
@@ -111,13 +114,15 @@ class Predictor:
     c: float = 0.0
     r2: float | None = None
     spearman: float | None = None
+    d: float = 0.0
     _where: InitVar[Where | None] = None
 
     KEYS = ("a", "b", "c", "r2", "spearman")
+    OPTIONAL_KEYS = ("d",)
 
     def __post_init__(self, _where: Where | None) -> None:
         where = _here(_where, "predictor")
-        for key in ("a", "b", "c"):
+        for key in ("a", "b", "c", "d"):
             object.__setattr__(self, key, number(getattr(self, key), where.at(key)))
         r2 = optional_number(self.r2, where.at("r2"), low=None, high=1.0)
         rho = optional_number(self.spearman, where.at("spearman"), low=-1.0, high=1.0)
@@ -127,12 +132,15 @@ class Predictor:
     @classmethod
     def from_dict(cls, data: Any, where: Where | None = None) -> Predictor:
         where = where or Where("<dict>", "predictor")
-        obj = check_keys(data, where, cls.KEYS)
-        return cls(**{key: obj[key] for key in cls.KEYS}, _where=where)
+        obj = check_keys(data, where, cls.KEYS, cls.OPTIONAL_KEYS)
+        return cls(**{key: obj[key] for key in cls.KEYS + cls.OPTIONAL_KEYS if key in obj}, _where=where)
 
     def to_dict(self) -> dict[str, Any]:
-        return {key: getattr(self, key) for key in self.KEYS}
+        out = {key: getattr(self, key) for key in self.KEYS}
+        if self.d:
+            out["d"] = self.d
+        return out
 
     def score(self, j_x: float, dx: float, j_t: float, dt: float) -> float:
-        """The score for one sample: ``a·j_x·dx + b·j_t·dt + c`` (norms already taken)."""
-        return self.a * j_x * dx + self.b * j_t * dt + self.c
+        """The score for one sample: ``a·j_x·dx + b·j_t·dt + d·j_t·dt² + c`` (norms already taken)."""
+        return self.a * j_x * dx + self.b * j_t * dt + self.d * j_t * dt * dt + self.c

@@ -67,10 +67,12 @@ class SenCacheConfig(metaclass=_NamesTheRemedy):
     expert: str
 
 
-def rule_params(policy: Policy, operating_point: str | None = None, speedup: float | None = None) -> tuple[RuleParams, str]:
-    """Resolve a policy and one of its operating points into the rule's parameters."""
-    point = policy.operating_point(name=operating_point, speedup=speedup)
-    params = RuleParams.from_parts(policy.predictor, policy.sensitivity, point)
+def rule_params(policy: Policy, operating_point: str | None = None, speedup: float | None = None,
+                num_steps: int | None = None) -> tuple[RuleParams, str]:
+    """Resolve a policy and one of its operating points into the rule's parameters (scored with
+    the point's own reuse mode's predictor; `speedup` picks by `num_steps` where points state it)."""
+    point = policy.operating_point(name=operating_point, speedup=speedup, num_steps=num_steps)
+    params = RuleParams.from_parts(policy.predictor_for(point), policy.sensitivity, point)
     return params, point.name
 
 
@@ -167,6 +169,7 @@ def apply(
     factors_dtype: torch.dtype | None = None,
     taylor_order: int = TAYLOR_ORDER,
     taylor_units: str = TAYLOR_UNITS,
+    num_steps: int | None = None,
 ) -> SenCacheHandle:
     """Apply `policy` to a pipeline (or a bare transformer); returns a handle with `report()`.
 
@@ -192,6 +195,8 @@ def apply(
         taylor_units: under forecast "taylor" only, what the forecast extrapolates along:
             "step" (step indices, the default, as diffusers' TaylorSeer) or "timestep" (the
             model's timesteps, as the linear residual forecast).
+        num_steps: with `speedup`, the step count the calls will use: points that state their
+            compute per step count (`expected_nfe_by_steps`) are compared at it.
 
     Applying again replaces the earlier SenCache hooks; it never stacks, and it refuses a model on
     which a diffusers cache (`enable_cache`) is enabled. When the pipeline's scheduler is not the
@@ -206,7 +211,7 @@ def apply(
         adapter = adapter_for(transformer)
         chosen = _policy_for(policy, name)
         chosen.check_model(config_fingerprint(dict(transformer.config)), strict=strict)
-        resolved.append((name, transformer, adapter, chosen, *rule_params(chosen, operating_point, speedup)))
+        resolved.append((name, transformer, adapter, chosen, *rule_params(chosen, operating_point, speedup, num_steps)))
     warned: set[str] = set()
     experts = []
     for name, transformer, adapter, chosen, params, point_name in resolved:

@@ -1,7 +1,11 @@
 """The SenCache rule, as a pure function of one denoising step (docs/design.md, "The rule").
 
-    S_i = a·J_x(t_r)·‖x_i − x_r‖ + b·J_t(t_r)·|t_i − t_r| + c
+    S_i = a·J_x(t_r)·‖x_i − x_r‖ + b·J_t(t_r)·|t_i − t_r| + d·J_t(t_r)·|t_i − t_r|² + c
     skip iff  warmup ≤ i < N − final,  S_i ≤ ε(i / (N − 1)),  and fewer than K skips in a row.
+
+The coefficients are those of the point's own reuse mode (policy format version 2 stores one
+predictor per mode: the error of plain reuse and of a forecast are different quantities). A
+static point (`policies.schedule`) is not scored: it computes exactly its scheduled steps.
 
 Kept free of hooks and pipelines so that it can be tested by hand and replayed offline on
 stored trajectories (calibration's replay objective uses the same function).
@@ -9,7 +13,7 @@ stored trajectories (calibration's replay objective uses the same function).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +26,15 @@ __all__ = ["Decision", "RuleParams", "decide", "step_position"]
 
 # Why a row computed (or not): stored in the report so a user can see what the cache did.
 FIRST, WARMUP, FINAL, SCORE, MAX_SKIPS, SKIPPED = "first", "warmup", "final", "score", "max_skips", "skipped"
+#: a static point's scheduled compute
+SCHEDULE = "schedule"
+
+
+def _predictor_for(predictor: Any, mode: str) -> Any:
+    """`predictor` itself, or, for a mapping mode → predictor, the mode's (else the "none" one)."""
+    if isinstance(predictor, Mapping):
+        return predictor[mode] if mode in predictor else predictor["none"]
+    return predictor
 
 
 @dataclass(frozen=True)
@@ -41,10 +54,18 @@ class RuleParams:
     max_skips: int
     zones: Callable[[int], tuple[int, int]]
     forecast: str = "none"
+    #: weight of J_t(t_r)·|t − t_r|² (version-2 predictors; 0 for version 1)
+    d: float = 0.0
+    #: a static point's compute steps for an N-step run (None: score-driven)
+    schedule: Callable[[int], frozenset[int]] | None = None
 
     @classmethod
     def from_parts(cls, predictor: Any, table: Any, point: Any) -> RuleParams:
-        """From a policy's `Predictor`, `SensitivityTable` and one `OperatingPoint`."""
+        """From a `Predictor` (or a mapping reuse mode → `Predictor`, of which the point's own
+        mode is used), a `SensitivityTable` and one `OperatingPoint`."""
+        forecast = str(getattr(point, "forecast", "none"))
+        predictor = _predictor_for(predictor, forecast)
+        schedule = getattr(point, "schedule", None)
         t = np.asarray(table.timesteps, dtype=np.float64)
         order = np.argsort(t)
         return cls(
@@ -54,10 +75,12 @@ class RuleParams:
             sens_t=t[order],
             sens_jx=np.asarray(table.J_x, dtype=np.float64)[order],
             sens_jt=np.asarray(table.J_t, dtype=np.float64)[order],
-            eps=point.eps,
+            eps=point.eps if schedule is None else (lambda p: float("nan")),
             max_skips=int(point.max_skips),
             zones=point.zones,
-            forecast=str(getattr(point, "forecast", "none")),
+            forecast=forecast,
+            d=float(getattr(predictor, "d", 0.0) or 0.0),
+            schedule=None if schedule is None else schedule.steps,
         )
 
     def sensitivities(self, t_ref: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -99,6 +122,10 @@ def decide(
     threshold = float(params.eps(step_position(step, num_steps)))
     if ref_x is None or ref_t is None or skips_in_row is None or ref_x.shape[0] != batch:
         return Decision(torch.ones(batch, dtype=torch.bool), np.full(batch, np.nan), threshold, [FIRST] * batch)
+    if params.schedule is not None:
+        run = step in params.schedule(num_steps)
+        return Decision(torch.full((batch,), run, dtype=torch.bool), np.full(batch, np.nan), threshold,
+                        [SCHEDULE if run else SKIPPED] * batch)
     warmup, final = params.zones(num_steps)
     if step < warmup or step >= num_steps - final:
         reason = WARMUP if step < warmup else FINAL
@@ -107,7 +134,8 @@ def decide(
     t_now = t.detach().float().cpu().numpy().astype(np.float64)
     t_ref = ref_t.detach().float().cpu().numpy().astype(np.float64)
     jx, jt = params.sensitivities(t_ref)
-    scores = params.a * jx * dx + params.b * jt * np.abs(t_now - t_ref) + params.c
+    gap = np.abs(t_now - t_ref)
+    scores = params.a * jx * dx + params.b * jt * gap + params.d * jt * gap**2 + params.c
     under = scores <= threshold
     capped = skips_in_row.cpu().numpy() >= params.max_skips
     skip = under & ~capped

@@ -148,12 +148,24 @@ class CalibrationStore:
     def _check_version(self) -> None:
         found = self._meta.get("schema_version")
         if found != str(SCHEMA_VERSION):
+            older = found is not None and found.isdigit() and int(found) < SCHEMA_VERSION
+            why = (" (it predates the per-reuse-mode errors that `fit` needs: re-collect it)" if older else "")
+            command = _COLLECT.format(path="NEW.duckdb").replace("MODEL", self._model_name() or "MODEL")
             raise InputError(
                 f"{self.path}: store schema version {found}, but this sencache ({package_version()}) "
-                f"reads version {SCHEMA_VERSION}. Collect a new store with "
-                f"`{_COLLECT.format(path='NEW.duckdb')}`, or use the sencache version that wrote it "
-                f"({self._meta.get('package_version', 'unknown')})."
+                f"reads version {SCHEMA_VERSION}{why}. Collect a new store with "
+                f"`{command}` (the same prompts, seeds and --steps as before), then fit from it; or "
+                f"use the sencache version that wrote it ({self._meta.get('package_version', 'unknown')})."
             )
+
+    def _model_name(self) -> str | None:
+        """The model name the runs were collected with, for the re-collect command (best effort)."""
+        try:
+            with self._engine.connect() as conn:
+                row = conn.execute(sa.text("SELECT model_name FROM runs WHERE model_name IS NOT NULL LIMIT 1")).first()
+        except sa.exc.SQLAlchemyError:
+            return None
+        return None if row is None else str(row[0])
 
     @property
     def meta(self) -> dict[str, str]:
@@ -194,6 +206,7 @@ class CalibrationStore:
         cache_errors: pd.DataFrame | None,
         propagation: pd.DataFrame | None = None,
         latents: Mapping[int, Any] | Sequence[Any] | None = None,
+        reuse_errors: pd.DataFrame | None = None,
     ) -> bool:
         """Store one run and all its rows in one transaction; False when the run was already stored.
 
@@ -201,7 +214,7 @@ class CalibrationStore:
         `run_row` needs model_fingerprint, prompt, seed, num_steps and estimator; `run_id` is
         derived from the run's settings (`store.rows.make_run_id`) unless given.
         """
-        record = RunRecord(run_row, steps, sensitivities, cache_errors, propagation, latents)
+        record = RunRecord(run_row, steps, sensitivities, cache_errors, propagation, latents, reuse_errors)
         return self.write_runs([record])[0]
 
     def write_runs(self, records: Iterable[RunRecord]) -> list[bool]:
@@ -262,6 +275,10 @@ class CalibrationStore:
 
     def cache_errors(self, run_ids: Iterable[str] | None = None) -> pd.DataFrame:
         return queries.read_table(self._engine, "cache_errors", run_ids)
+
+    def reuse_errors(self, run_ids: Iterable[str] | None = None) -> pd.DataFrame:
+        """Per computed step, lag and reuse mode, the measured error (schema version 2)."""
+        return queries.read_table(self._engine, "reuse_errors", run_ids)
 
     def propagation(self, run_ids: Iterable[str] | None = None) -> pd.DataFrame:
         return queries.read_table(self._engine, "propagation", run_ids)

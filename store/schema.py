@@ -35,12 +35,17 @@ __all__ = [
     "latents",
     "meta",
     "propagation",
+    "reuse_errors",
     "runs",
     "sensitivities",
     "steps",
 ]
 
-SCHEMA_VERSION = 1
+#: 2: `reuse_errors` (the error of every reuse mode per computed step and lag) and
+#: `steps.residual_change`; a version-1 store has neither and is refused (re-collect it).
+SCHEMA_VERSION = 2
+#: the reuse modes `collect` measures, one `reuse_errors.mode` value each (`calibration.recorder`
+#: has one measurement function per mode; adding a mode adds rows, not columns)
 SPLITS = ("calib", "holdout")
 
 METADATA = sa.MetaData()
@@ -103,6 +108,8 @@ steps = sa.Table(
     _real("teacache_signal", "relative L1 change of the modulated input (TeaCache)"),
     _real("first_block_change", "relative change of block 0's residual (FBCache)"),
     _real("mag_ratio", "‖residual_i‖ / ‖residual_{i-1}‖ (MagCache)"),
+    _real("residual_change", "RMS of R_i − R_{i−1}, the block-stack residual's change since the "
+                             "previous step (a forecasting runtime has both at no cost)"),
 )
 
 sensitivities = sa.Table(
@@ -128,6 +135,18 @@ cache_errors = sa.Table(
     sa.CheckConstraint("lag >= 1", name="cache_errors_lag"),
 )
 
+reuse_errors = sa.Table(
+    "reuse_errors",
+    METADATA,
+    _run_fk(),
+    sa.Column("step", sa.Integer, nullable=False, comment="the computed step r whose cache is reused"),
+    sa.Column("lag", sa.Integer, nullable=False, comment="k: the error is measured at step r + k"),
+    sa.Column("mode", sa.Text, nullable=False,
+              comment="the reuse mode (policies FORECASTS): 'none' reuses R_r, 'linear' forecasts it"),
+    _real("error", "RMS error of the block-stack output the mode gives at step r + k"),
+    sa.CheckConstraint("lag >= 1", name="reuse_errors_lag"),
+)
+
 propagation = sa.Table(
     "propagation",
     METADATA,
@@ -148,9 +167,10 @@ latents = sa.Table(
     sa.Column("data", sa.LargeBinary, nullable=False),
 )
 
-TABLES: dict[str, sa.Table] = {t.name: t for t in (meta, runs, steps, sensitivities, cache_errors, propagation, latents)}
+TABLES: dict[str, sa.Table] = {t.name: t for t in (meta, runs, steps, sensitivities, cache_errors, reuse_errors,
+                                                     propagation, latents)}
 # The tables written per run, in write order; `runs` first so a run and its rows share a transaction.
-RUN_TABLES = ("runs", "steps", "sensitivities", "cache_errors", "propagation", "latents")
+RUN_TABLES = ("runs", "steps", "sensitivities", "cache_errors", "reuse_errors", "propagation", "latents")
 
 KEY_COLUMNS: dict[str, tuple[str, ...]] = {
     "meta": ("key",),
@@ -158,6 +178,7 @@ KEY_COLUMNS: dict[str, tuple[str, ...]] = {
     "steps": ("run_id", "step"),
     "sensitivities": ("run_id", "step", "estimator"),
     "cache_errors": ("run_id", "step", "lag"),
+    "reuse_errors": ("run_id", "step", "lag", "mode"),
     "propagation": ("run_id", "step"),
     "latents": ("run_id", "step"),
 }

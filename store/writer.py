@@ -54,6 +54,7 @@ class RunRecord:
     cache_errors: Frame = None
     propagation: Frame = None
     latents: Mapping[int, Any] | Sequence[Any] | None = None
+    reuse_errors: Frame = None
 
 
 @dataclass
@@ -81,7 +82,7 @@ def prepare_records(records: Sequence[RunRecord]) -> _Batch:
     run_ids = [row["run_id"] for row in rows]
     tables = {"runs": pa.Table.from_pylist(rows, schema=arrow_schema(TABLES["runs"]))}
     owners = {"runs": np.arange(len(rows))}
-    for name in ("steps", "sensitivities", "cache_errors", "propagation"):
+    for name in ("steps", "sensitivities", "cache_errors", "reuse_errors", "propagation"):
         parts = [(row["run_id"], getattr(r, name), {"estimator": row["estimator"]} if name == "sensitivities" else {})
                  for r, row in zip(records, rows)]
         tables[name], owners[name] = frames_to_arrow(name, parts)

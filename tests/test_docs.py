@@ -355,26 +355,31 @@ def test_the_policy_format_tables_are_the_fields_policies_writes():
     # object by object, and mark as optional exactly the optional ones.
     from policies import ModelInfo, OperatingPoint, Policy, Predictor, SchedulerInfo, SensitivityTable
     from policies.policy import KEYS
+    from policies.schedule import StaticSchedule
 
     tables = policy_format_tables(_design())
-    assert set(tables) == {"", "model", "scheduler", "sensitivity", "predictor", "operating_points"}
+    assert set(tables) == {"", "model", "scheduler", "sensitivity", "predictors", "operating_points", "schedule"}
     assert list(tables[""]) == list(KEYS)
     for name, cls in (("model", ModelInfo), ("scheduler", SchedulerInfo), ("sensitivity", SensitivityTable),
-                      ("predictor", Predictor)):
-        assert list(tables[name]) == list(cls.KEYS), name
+                      ("predictors", Predictor), ("schedule", StaticSchedule)):
+        assert list(tables[name]) == list(cls.KEYS + getattr(cls, "OPTIONAL_KEYS", ())), name
+        assert [k for k, kind in tables[name].items() if "optional" in kind] == list(getattr(cls, "OPTIONAL_KEYS", ()))
     point_fields = tables["operating_points"]
-    assert list(point_fields) == list(OperatingPoint.KEYS + OperatingPoint.OPTIONAL_KEYS)
+    static_only = [k for k, kind in point_fields.items() if "static points only" in kind]
+    assert static_only == [k for k in OperatingPoint.STATIC_KEYS if k not in OperatingPoint.KEYS]
+    assert set(point_fields) == set(OperatingPoint.KEYS + OperatingPoint.STATIC_KEYS + OperatingPoint.OPTIONAL_KEYS)
     optional = [k for k, kind in point_fields.items() if "optional" in kind]
     assert optional == list(OperatingPoint.OPTIONAL_KEYS)
     written_points: set[str] = set()
     for shipped in sorted((ROOT / "policies").glob("*.json")):
         data = Policy.load(shipped).to_dict()
         assert set(data) == set(tables[""]), shipped.name
-        for name in ("model", "scheduler", "sensitivity", "predictor"):
+        for name in ("model", "scheduler", "sensitivity"):
             assert set(data[name]) == set(tables[name]), f"{shipped.name}: {name}"
+        for mode, predictor in data["predictors"].items():
+            assert set(predictor) <= set(tables["predictors"]), f"{shipped.name}: predictors.{mode}"
         for point in data["operating_points"]:
             assert set(point) <= set(point_fields), f"{shipped.name}: {sorted(set(point) - set(point_fields))}"
-            assert set(point) >= set(OperatingPoint.KEYS)
             written_points |= set(point)
     assert written_points == set(point_fields), "the shipped policies should show every field, `forecast` too"
 
@@ -384,8 +389,12 @@ def _toy_policy() -> dict:
 
 
 def _objects(data: dict) -> dict[str, dict]:
+    points = data["operating_points"]
+    scored = next(p for p in points if "schedule" not in p)
+    static = next(p for p in points if "schedule" in p)
     return {"": data, "model": data["model"], "scheduler": data["scheduler"], "sensitivity": data["sensitivity"],
-            "predictor": data["predictor"], "operating_points": data["operating_points"][0]}
+            "predictors": data["predictors"]["none"], "operating_points": scored, "schedule": static["schedule"],
+            "static_point": static}
 
 
 FORMAT_FIELDS = [(obj, f) for obj, fields in policy_format_tables(DESIGN.read_text(encoding="utf-8")).items()
@@ -399,7 +408,11 @@ def test_loading_refuses_a_policy_without_a_required_field(obj, field):
 
     tables = policy_format_tables(_design())
     data = _toy_policy()
-    _objects(data)[obj].pop(field, None)
+    target = obj
+    if obj == "operating_points" and "static points only" in tables[obj][field]:
+        target = "static_point"  # a score-driven point has no schedule to leave out
+    assert field in _objects(data)[target] or "optional" in tables[obj][field], f"the toy policy shows no {field}"
+    _objects(data)[target].pop(field, None)
     if "optional" in tables[obj][field]:
         Policy.from_dict(data)  # an optional field may be left out
         return
@@ -407,7 +420,7 @@ def test_loading_refuses_a_policy_without_a_required_field(obj, field):
         Policy.from_dict(data)
 
 
-@pytest.mark.parametrize("obj", ["", "model", "scheduler", "sensitivity", "predictor", "operating_points"])
+@pytest.mark.parametrize("obj", ["", "model", "scheduler", "sensitivity", "predictors", "operating_points", "schedule"])
 def test_loading_refuses_a_field_the_format_does_not_list(obj):
     from policies import Policy, PolicyError
 

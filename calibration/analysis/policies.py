@@ -89,8 +89,16 @@ def operating_points(result: Mapping[str, Any] | None, policy: Policy | None = N
     """The operating points as `OperatingPoint`s: the policy's, else the fit result's (extra keys dropped)."""
     if policy is not None:
         return list(policy.operating_points)
-    fields = OperatingPoint.KEYS + OperatingPoint.OPTIONAL_KEYS
-    return [OperatingPoint.from_dict({k: p[k] for k in fields if k in p}) for p in _point_dicts(result, None)]
+    fields = set(OperatingPoint.KEYS + OperatingPoint.STATIC_KEYS + OperatingPoint.OPTIONAL_KEYS)
+    points = []
+    for p in _point_dicts(result, None):
+        keep = {k: p[k] for k in fields if k in p}
+        if keep.get("schedule") is not None:  # a static point: its schedule, none of ε's fields
+            keep = {k: v for k, v in keep.items() if k in OperatingPoint.STATIC_KEYS + OperatingPoint.OPTIONAL_KEYS}
+        else:
+            keep.pop("schedule", None)
+        points.append(OperatingPoint.from_dict(keep))
+    return points
 
 
 def plot_pareto(result: Mapping[str, Any] | None, policy: Policy | None = None) -> Figure:
@@ -165,7 +173,11 @@ def plot_predictors(comparison: pd.DataFrame) -> Figure | None:
 
 
 def plot_thresholds(points: Sequence[OperatingPoint], resolution: int = 401) -> Figure:
-    """Section 3: ε(p) of each operating point over p in [0, 1] (one line each), its knots as dots."""
+    """Section 3: ε(p) of each operating point over p in [0, 1] (one line each), its knots as dots.
+
+    Static points (a schedule of compute positions) have no ε and are left out.
+    """
+    points = [p for p in points if not p.static]
     grid = np.linspace(0.0, 1.0, resolution)
     fig = Figure(figsize=(8.5, 5))
     ax = fig.subplots()

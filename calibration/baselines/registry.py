@@ -20,6 +20,7 @@ from calibration.baselines.magcache import apply_magcache, calibrate_ratios
 from calibration.baselines.none import apply_none
 from calibration.baselines.sencache_paper import apply_sencache_paper, quick_sensitivity
 from calibration.baselines.sencache_policy import apply_sencache, policy_knobs
+from calibration.baselines.sencache_static import apply_sencache_static, static_knobs
 from calibration.baselines.taylorseer import apply_taylorseer
 from calibration.baselines.teacache import apply_teacache, coefficients_from_store, fit_coefficients
 from calibration.baselines.uniform import apply_uniform
@@ -63,11 +64,13 @@ class Method:
     knob_meaning: str
     prepare: Callable[[MethodContext], tuple[dict[str, Any], dict[str, Any]]] | None = None
     needs_policy: bool = False
+    #: the sweep from the policy when `knobs` is None (default: its points and scaled ε)
+    knobs_of: Callable[[Any], list[Any]] = policy_knobs
 
     def sweep(self, ctx: MethodContext) -> list[Any]:
         if self.knobs is not None:
             return list(self.knobs)
-        return policy_knobs(ctx.policy)
+        return self.knobs_of(ctx.policy)
 
     def setup(self, ctx: MethodContext) -> tuple[dict[str, Any], dict[str, Any]]:
         if self.needs_policy and ctx.policy is None:
@@ -80,6 +83,11 @@ class Method:
 
 def _prep_sencache(ctx: MethodContext) -> tuple[dict[str, Any], dict[str, Any]]:
     return {"policy": ctx.policy}, {"policy": ctx.policy.source, "operating_points": list(ctx.policy.operating_point_names)}
+
+
+def _prep_static(ctx: MethodContext) -> tuple[dict[str, Any], dict[str, Any]]:
+    return ({"policy": ctx.policy, "num_inference_steps": ctx.steps},
+            {"policy": ctx.policy.source, "twins": "policy provenance metrics.static_twins, else evenly spaced"})
 
 
 def _prep_paper(ctx: MethodContext) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -120,6 +128,8 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            "late ε (early ε = half), a=b=1, c=0, K=3", prepare=_prep_paper),
     Method("sencache", apply_sencache, None, "operating point [*ε scale] of the fitted policy",
            prepare=_prep_sencache, needs_policy=True),
+    Method("sencache-static", apply_sencache_static, None, "operating point of the fitted policy, run as its static twin",
+           prepare=_prep_static, needs_policy=True, knobs_of=static_knobs),
     Method("teacache", apply_teacache, (0.05, 0.1, 0.2, 0.4, 0.8, 1.6), "accumulated rescaled change threshold",
            prepare=_prep_teacache),
     Method("magcache", apply_magcache, (0.01, 0.03, 0.06, 0.12, 0.25, 0.5, 1.0), "accumulated magnitude error threshold",

@@ -37,9 +37,10 @@ def parse_knob(knob: str) -> tuple[str, float]:
     return name, value
 
 
-def _fixed_schedule(values: tuple[float, ...]) -> bool:
-    """ε that is 0 or astronomically large at every knot: a fixed mask, which no scale changes."""
-    return all(v == 0.0 or v >= 1e29 for v in values)
+def _fixed_schedule(point: Any) -> bool:
+    """A static point, or (version-1 files) ε that is 0 or astronomically large at every knot: a
+    fixed mask, which no ε scale changes."""
+    return point.static or all(v == 0.0 or v >= 1e29 for v in point.eps.values)
 
 
 def policy_knobs(policy: Policy, scales: tuple[float, ...] = DEFAULT_SCALES) -> list[str]:
@@ -47,18 +48,21 @@ def policy_knobs(policy: Policy, scales: tuple[float, ...] = DEFAULT_SCALES) -> 
     point, or the first one whose ε a scale can move when the default is a fixed schedule."""
     points = [policy.operating_point(name) for name in policy.operating_point_names]
     default = policy.operating_point()
-    movable = [p for p in points if not _fixed_schedule(p.eps.values)]
-    target = default if not _fixed_schedule(default.eps.values) or not movable else movable[0]
-    if _fixed_schedule(target.eps.values):
+    movable = [p for p in points if not _fixed_schedule(p)]
+    target = default if not _fixed_schedule(default) or not movable else movable[0]
+    if _fixed_schedule(target):
         return list(policy.operating_point_names)
     return list(policy.operating_point_names) + [f"{target.name}*{s:g}" for s in scales]
 
 
 def scaled_policy(policy: Policy, name: str, scale: float) -> Policy:
     """A copy of `policy` whose operating point `name` has every ε knot multiplied by `scale`."""
-    policy.operating_point(name)  # refuses an unknown name with the list of known ones
+    point = policy.operating_point(name)  # refuses an unknown name with the list of known ones
     if scale == 1.0:
         return policy
+    if point.static:
+        raise PolicyError(f"sencache knob {name}*{scale:g}: {name!r} is a static schedule, which has no ε to "
+                          f"scale; run it as {name!r}")
     data = policy.to_dict()
     for point in data["operating_points"]:
         if point["name"] == name:

@@ -207,3 +207,35 @@ def test_teacache_polynomial_from_a_store(tmp_path):
     assert note["points"] == 27 and "store" in note["source"]  # 3 runs x steps 1..9
     with pytest.raises(InputError):
         coefficients_from_store(str(path), "0" * 16)  # a store of another model
+
+
+def test_sencache_static_runs_each_points_static_twin():
+    # The stored twin when the policy has one; else evenly spaced at the point's expected compute.
+    from calibration.baselines.sencache_static import twin_of
+    from policies import StaticSchedule
+
+    loaded = load_model("tiny-wan")
+    transformer = loaded.pipe.transformer
+    data = _policy(transformer).to_dict()
+    data["operating_points"][0]["expected_nfe_fraction"] = 0.5
+    twin = {"name": "x", "schedule": StaticSchedule((0.0, 0.2, 1.0), 0.5).to_dict(), "expected_nfe_fraction": 0.5,
+            "expected_error": None}
+    data["provenance"] = {"metrics": {"static_twins": {"flat": {"origin": "search (trial 3)", "point": twin}}}}
+    policy = Policy.from_dict(data)
+    point, origin = twin_of(policy, "flat", STEPS)
+    assert point.static and "trial 3" in origin
+    bare = Policy.from_dict(dict(data, provenance={}))
+    even, origin = twin_of(bare, "flat", STEPS)
+    assert sorted(even.schedule.steps(STEPS)) == [0, 2, 5] and "evenly spaced" in origin
+    kwargs = loaded.call_kwargs(num_inference_steps=STEPS)
+    ctx = MethodContext(loaded.pipe, kwargs, policy=policy, calibration_prompts=CALIB)
+    method = METHODS["sencache-static"]
+    assert method.sweep(ctx) == ["flat"]
+    prepared, _ = method.setup(ctx)
+    handle = method.apply(loaded.pipe, "flat", **prepared)
+    try:
+        _run(loaded, kwargs)
+        mask = handle.computed_mask()
+    finally:
+        handle.remove()
+    assert [i for i in range(STEPS) if mask[0, i]] == sorted(point.schedule.steps(STEPS))

@@ -178,3 +178,53 @@ def test_hooks_are_removed_when_the_call_fails(tiny):
     transformer = tiny.pipe.transformer
     assert RECORD_HOOK not in HookRegistry.check_if_exists_or_initialize(transformer).hooks
     assert HEAD_HOOK not in _hook_names(transformer)
+
+
+def test_each_reuse_modes_error_equals_a_hand_run_of_what_the_runtime_reuses():
+    # "none" reuses R_1 at step 3; "linear" reuses R_1 + w·(R_1 − R_0) with the runtime's w.
+    from calibration.models import load_model
+    from sencache.runtime import forecast_weights
+
+    loaded = load_model("tiny-wan")
+    _, sink = _record(loaded, k_max=3)
+    modes = {(r["step"], r["lag"], r["mode"]): r["error"] for r in sink.rows["reuse_errors"]}
+    plain = {(r["step"], r["lag"]): r["residual_error"] for r in sink.rows["cache_errors"]}
+    assert {m for _, _, m in modes} == {"none", "linear"}
+    assert all(modes[(s, k, "none")] == plain[(s, k)] for s, k in plain)  # the same measurement
+    assert modes[(0, 1, "linear")] == modes[(0, 1, "none")]  # step 0 has no earlier residual: w = 0
+
+    transformer = loaded.pipe.transformer
+    adapter = adapter_for(transformer)
+    capture = _Capture()
+    hooks = install_stack(transformer, adapter, capture)
+    original = transformer.forward
+
+    def spy(*args, **kwargs):
+        out = original(*args, **kwargs)
+        context = hooks.head.state._context
+        if context is not None and context.name == "cond":
+            capture.calls.append((dict(kwargs), out[0].clone(), hooks.residual("cond")))
+        return out
+
+    transformer.forward = spy
+    try:
+        generate(loaded, PROMPT, num_inference_steps=STEPS)
+    finally:
+        transformer.forward = original
+    kwargs, f3, _ = capture.calls[3]
+    k0, _, r0 = capture.calls[0]
+    k1, _, r1 = capture.calls[1]
+    t = lambda kw: torch.as_tensor(kw["timestep"]).float().reshape(-1)[:1]  # noqa: E731
+    w = forecast_weights(t(kwargs), t(k1), t(k0), torch.zeros(1, dtype=torch.bool))
+    assert float(w) > 0
+    forecast = tuple(r + float(w) * (r - p) for r, p in zip(r1, r0))
+    capture.compute_mask = lambda context, batch: torch.zeros(batch, dtype=torch.bool)
+    hooks.set_residual("cond", forecast)
+    with torch.no_grad(), transformer.cache_context("cond"):
+        bypassed = transformer(**kwargs)[0]
+    remove_stack(transformer, adapter)
+    assert modes[(1, 2, "linear")] == pytest.approx(float(rms_diff(f3, bypassed)[0]), rel=1e-5)
+    assert modes[(1, 2, "linear")] != pytest.approx(modes[(1, 2, "none")], rel=1e-3)
+    steps = {r["step"]: r for r in sink.rows["steps"]}
+    assert steps[0]["residual_change"] is None
+    assert steps[1]["residual_change"] == pytest.approx(float(rms_diff(r1[0].float(), r0[0].float())[0]), rel=1e-5)

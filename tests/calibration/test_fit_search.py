@@ -29,11 +29,10 @@ def _replay(db) -> ReplayObjective:
 
 def test_uniform_point_reproduces_its_mask():
     # 10 steps at 0.5: compute round(linspace(0, 9, 5)) = 0, 2, 4, 7, 9 (np.round: 2.25→2, 4.5→4,
-    # 6.75→7); the longest run of skips is 2 (steps 5, 6), so K = 2.
+    # 6.75→7): a static schedule, and the same fraction evenly spaced at other step counts.
     point = uniform_point(0.5, 10)
-    eps = point.eps.at_steps(10)
-    assert [i for i in range(10) if eps[i] == 0.0] == [0, 2, 4, 7, 9]
-    assert point.max_skips == 2
+    assert point.static and sorted(point.schedule.steps(10)) == [0, 2, 4, 7, 9]
+    assert point.schedule.fraction(20) == 0.5 and point.schedule.fraction(50) == 0.5
 
 
 def test_replay_of_full_compute_has_no_error(synth):

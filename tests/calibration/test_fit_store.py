@@ -9,6 +9,9 @@ The synthetic model (every run identical in J, so the median table is exact):
     residual_error(r, k) = (A·J_x(t_r)·dx + B·J_t(t_r)·dt + C)·(1 + noise),  A=2, B=0.5, C=0.01
     noise: ±5% (seeded), plus one outlier per run (×8) that a robust loss must shrug off
     propagation gain G(p) = 10·exp(−3p): early errors matter ×20 more than late ones
+    reuse_errors: mode "none" = residual_error; mode "linear" (a forecast: second order in the gap)
+    = (AL·J_x(t_r)·dx + DL·J_t(t_r)·dt² + CL)·(1 + noise),  AL=0.4, DL=0.002, CL=0.005
+    residual_change (per step) = d_i·0.5
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from policies import InputError
 from store.database import CalibrationStore
 
 A, B, C = 2.0, 0.5, 0.01
+AL, DL, CL = 0.4, 0.002, 0.005
 SYNTH_FP = "5" * 16
 
 
@@ -44,6 +48,7 @@ def make_store(
     sensitivities: bool = True,
     noise: float = 0.05,
     call: dict | None = None,
+    modes: bool = True,
 ) -> Path:
     """Write `runs` calib + `holdout` holdout runs of the synthetic model to a new store."""
     store = CalibrationStore(path)
@@ -60,13 +65,18 @@ def make_store(
                 dx = float(d[r : r + k].sum())
                 dt = 1000.0 * k / n
                 err = (A * j_x(t[r]) * dx + B * 0.001 * dt + C) * (1.0 + noise * rng.uniform(-1, 1))
-                rows.append({"step": r, "lag": k, "dx": dx, "dt": dt, "residual_error": err, "output_error": 2 * err})
+                lin = (AL * j_x(t[r]) * dx + DL * 0.001 * dt**2 + CL) * (1.0 + noise * rng.uniform(-1, 1))
+                rows.append({"step": r, "lag": k, "dx": dx, "dt": dt, "residual_error": err, "output_error": 2 * err,
+                             "linear": lin})
         errors = pd.DataFrame(rows)
         errors.loc[3, "residual_error"] *= 8.0  # the outlier
+        reuse = pd.concat([errors[["step", "lag"]].assign(mode="none", error=errors["residual_error"]),
+                           errors[["step", "lag"]].assign(mode="linear", error=errors["linear"])]) if modes else None
+        errors = errors.drop(columns="linear")
         steps = pd.DataFrame({
             "step": np.arange(n), "timestep": t, "dx_norm": d, "x_norm": np.ones(n),
             "teacache_signal": d * (1 + 0.3 * rng.uniform(-1, 1, n)),
-            "mag_ratio": 1.0 + d * 0.1,
+            "mag_ratio": 1.0 + d * 0.1, "residual_change": np.r_[np.nan, d[1:] * 0.5],
         })
         sens = pd.DataFrame({"step": np.arange(n), "J_x": j_x(t), "J_t": np.full(n, 0.001)}) if sensitivities else None
         prop = pd.DataFrame({"step": np.arange(n), "gain": 10.0 * np.exp(-3.0 * np.arange(n) / (n - 1))})
@@ -77,7 +87,7 @@ def make_store(
             "split": "holdout" if seed >= runs else "calib", "estimator": "trajectory",
             **(call or {}),
         }
-        store.write_run(run, steps, sens, errors, prop)
+        store.write_run(run, steps, sens, errors, prop, reuse_errors=reuse)
     store.close()
     return path
 

@@ -45,3 +45,47 @@ def test_shipped_policy_computes_what_it_expects(name):
     finally:
         sencache.remove(loaded.pipe)
     assert computed == pytest.approx(policy.operating_point("balanced").expected_nfe_fraction, abs=0.1)
+
+
+STEP_COUNTS = (20, 30, 50)
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_every_shipped_point_states_its_compute_at_20_30_and_50_steps(name):
+    policy = Policy.load(POLICIES / f"{name}.json")
+    for point in policy.operating_points:
+        stated = dict(point.expected_nfe_by_steps or ())
+        assert set(STEP_COUNTS) <= set(stated), f"{name}/{point.name} states {stated}"
+        if point.static:  # exactly, and the same fraction at every step count
+            assert all(stated[n] == pytest.approx(point.schedule.fraction(n)) for n in STEP_COUNTS)
+            assert max(stated.values()) - min(stated.values()) <= 0.05
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_no_shipped_point_is_a_mask_written_as_thresholds(name):
+    # A fixed mask is a static schedule, not eps knots at 0 and 1e30 (which drift with the step count).
+    for point in Policy.load(POLICIES / f"{name}.json").operating_points:
+        if not point.static:
+            assert max(point.eps.values) < 1e29, f"{name}/{point.name}: write it as a static schedule"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", SHIPPED)
+def test_every_shipped_point_computes_what_it_states_at_each_step_count(name):
+    # Through the runtime, on other prompts and another seed than the ones it was measured on.
+    from calibration.zoo.data import heldout_prompts
+
+    loaded = load_model(name)
+    policy = Policy.load(POLICIES / f"{name}.json")
+    prompts = heldout_prompts()[4:7]
+    for point in policy.operating_points:
+        handle = sencache.apply(loaded.pipe, policy, operating_point=point.name)
+        try:
+            for n in STEP_COUNTS:
+                loaded.pipe(prompts, generator=torch.Generator().manual_seed(1), output_type="latent",
+                            **loaded.call_kwargs(num_inference_steps=n))
+                got = float(handle.report().computed.mean())
+                stated = point.expected_nfe_at(n)
+                assert got == pytest.approx(stated, abs=0.05), f"{name}/{point.name} at {n} steps"
+        finally:
+            sencache.remove(loaded.pipe)

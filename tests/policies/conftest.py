@@ -1,4 +1,5 @@
-"""A valid policy dict for the policy tests: two operating points, a descending sensitivity table."""
+"""Valid policy dicts for the policy tests: two operating points, a descending sensitivity table;
+`VALID` in format version 2 (a predictor per reuse mode), `VALID_V1` the same policy in version 1."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import pytest
 
 VALID = {
     "format": "sencache-policy",
-    "version": 1,
+    "version": 2,
     "model": {"class": "WanTransformer3DModel", "fingerprint": "0123456789abcdef", "name": "toy-wan"},
     "scheduler": {"class": "FlowMatchEulerDiscreteScheduler", "config": {"shift": 3.0}},
     "sensitivity": {
@@ -18,7 +19,10 @@ VALID = {
         "J_t": [0.01, 0.02, 0.04],
         "estimator": "trajectory",
     },
-    "predictor": {"a": 1.2, "b": 0.8, "c": 0.01, "r2": 0.7, "spearman": 0.89},
+    "predictors": {
+        "none": {"a": 1.2, "b": 0.8, "c": 0.01, "r2": 0.7, "spearman": 0.89},
+        "linear": {"a": 0.6, "b": 0.3, "c": 0.02, "r2": 0.5, "spearman": 0.8, "d": 0.001},
+    },
     "operating_points": [
         {
             "name": "balanced",
@@ -37,6 +41,7 @@ VALID = {
             "final_steps": 0,
             "expected_nfe_fraction": 0.4,
             "expected_error": 0.05,
+            "forecast": "linear",
         },
     ],
     "default_operating_point": "balanced",
@@ -49,6 +54,17 @@ VALID = {
         "metrics": {"psnr": {"balanced": 38.5, "fast": 35.0}},
     },
 }
+
+
+VALID_V1 = copy.deepcopy(VALID)
+VALID_V1["version"] = 1
+del VALID_V1["predictors"]
+VALID_V1["predictor"] = copy.deepcopy(VALID["predictors"]["none"])
+
+
+def fresh_v1() -> dict:
+    """A deep copy of the valid version-1 policy dict."""
+    return copy.deepcopy(VALID_V1)
 
 
 def fresh_valid() -> dict:

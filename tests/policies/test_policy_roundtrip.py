@@ -109,5 +109,5 @@ def test_save_failure_is_a_policy_error_and_leaves_nothing(valid_dict, tmp_path)
 
 def test_saved_file_is_indented_json(valid_dict, tmp_path):
     text = Policy.from_dict(valid_dict).save(tmp_path / "p.json").read_text()
-    assert text.startswith('{\n  "format": "sencache-policy",\n  "version": 1,')
+    assert text.startswith('{\n  "format": "sencache-policy",\n  "version": 2,')
     assert text.endswith("}\n")

@@ -41,10 +41,10 @@ CASES = [
     ("format-missing", _delete(["format"]), "format", "is missing: this is not a SenCache policy"),
     ("format-wrong", _set(["format"], "other"), "format", 'must be "sencache-policy"'),
     ("version-missing", _delete(["version"]), "version", "is missing"),
-    ("version-string", _set(["version"], "1"), "version", "must be the integer 1"),
-    ("version-float", _set(["version"], 1.0), "version", "must be the integer 1"),
-    ("version-bool", _set(["version"], True), "version", "must be the integer 1"),
-    ("version-newer", _set(["version"], 2), "version", "reads version 1 only.*upgrade"),
+    ("version-string", _set(["version"], "2"), "version", "must be the integer 2"),
+    ("version-float", _set(["version"], 2.0), "version", "must be the integer 2"),
+    ("version-bool", _set(["version"], True), "version", "must be the integer 2"),
+    ("version-newer", _set(["version"], 3), "version", "reads version 2 only.*upgrade"),
     ("version-zero", _set(["version"], 0), "version", "unknown version"),
     ("unknown-top-field", _set(["operating_point"], "x"), "operating_point", "not a field"),
     ("model-missing", _delete(["model"]), "model", "is missing"),
@@ -80,13 +80,13 @@ CASES = [
     ("jt-long", _set(["sensitivity", "J_t"], [1.0] * 4), "sensitivity.J_t", "has 4 entries"),
     ("estimator-int", _set(["sensitivity", "estimator"], 5), "sensitivity.estimator",
      "must be a string"),
-    ("a-negative", _set(["predictor", "a"], -0.5), "predictor.a", "must be >= 0"),
-    ("b-nan", _set(["predictor", "b"], NAN), "predictor.b", "must be finite"),
-    ("c-inf", _set(["predictor", "c"], INF), "predictor.c", "must be finite"),
-    ("a-null", _set(["predictor", "a"], None), "predictor.a", "must be a number, got NoneType"),
-    ("a-missing", _delete(["predictor", "a"]), "predictor.a", "is missing"),
-    ("r2-above-one", _set(["predictor", "r2"], 1.5), "predictor.r2", "must be <= 1"),
-    ("spearman-below", _set(["predictor", "spearman"], -2), "predictor.spearman", "must be >= -1"),
+    ("a-negative", _set(["predictors", "none", "a"], -0.5), "predictors.none.a", "must be >= 0"),
+    ("b-nan", _set(["predictors", "none", "b"], NAN), "predictors.none.b", "must be finite"),
+    ("c-inf", _set(["predictors", "none", "c"], INF), "predictors.none.c", "must be finite"),
+    ("a-null", _set(["predictors", "none", "a"], None), "predictors.none.a", "must be a number, got NoneType"),
+    ("a-missing", _delete(["predictors", "none", "a"]), "predictors.none.a", "is missing"),
+    ("r2-above-one", _set(["predictors", "none", "r2"], 1.5), "predictors.none.r2", "must be <= 1"),
+    ("spearman-below", _set(["predictors", "none", "spearman"], -2), "predictors.none.spearman", "must be >= -1"),
     ("points-empty", _set(["operating_points"], []), "operating_points", "at least one"),
     ("points-object", _set(["operating_points"], {"a": 1}), "operating_points", "must be a list"),
     ("point-string", _set(list(OP1), "fast"), r"operating_points\[1\]",
@@ -177,7 +177,7 @@ def test_default_source_is_dict(valid_dict):
 
 
 def test_null_expected_values_and_fit_quality_are_allowed(valid_dict):
-    valid_dict["predictor"]["r2"] = valid_dict["predictor"]["spearman"] = None
+    valid_dict["predictors"]["none"]["r2"] = valid_dict["predictors"]["none"]["spearman"] = None
     valid_dict["operating_points"][0]["expected_nfe_fraction"] = None
     valid_dict["operating_points"][0]["expected_error"] = None
     policy = Policy.from_dict(valid_dict)

@@ -40,6 +40,7 @@ def synthetic_run(
             "dx_norm": rng.random(num_steps),
             "x_norm": rng.random(num_steps) + 1.0,
             "out_norm": rng.random(num_steps),
+            "residual_change": np.r_[np.nan, rng.random(num_steps - 1)],
         }
     )
     j_x = rng.random(num_steps)
@@ -55,6 +56,14 @@ def synthetic_run(
             "dt": [abs(t[s + k] - t[s]) for s, k in pairs],
             "residual_error": rng.random(n),
             "output_error": rng.random(n),
+        }
+    )
+    reuse_errors = pd.DataFrame(
+        {
+            "step": [s for s, _ in pairs] * 2,
+            "lag": [k for _, k in pairs] * 2,
+            "mode": ["none"] * n + ["linear"] * n,
+            "error": np.r_[cache_errors["residual_error"].to_numpy(), rng.random(n)],
         }
     )
     propagation = pd.DataFrame({"step": np.arange(num_steps), "gain": rng.random(num_steps) * 10}) if with_propagation else None
@@ -78,10 +87,11 @@ def synthetic_run(
         "estimator": "trajectory",
         "wall_s": wall_s,
     }
-    return RunRecord(run, steps, sensitivities, cache_errors, propagation, latents)
+    return RunRecord(run, steps, sensitivities, cache_errors, propagation, latents, reuse_errors)
 
 
 def write(store, record: RunRecord) -> bool:
     return store.write_run(
-        record.run, record.steps, record.sensitivities, record.cache_errors, record.propagation, record.latents
+        record.run, record.steps, record.sensitivities, record.cache_errors, record.propagation, record.latents,
+        record.reuse_errors,
     )

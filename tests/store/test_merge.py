@@ -68,9 +68,9 @@ def test_merge_refuses_another_schema_version(tmp_path):
     a = _store(tmp_path / "a.duckdb", [0])
     b = _store(tmp_path / "b.duckdb", [1])
     con = duckdb.connect(str(b))
-    con.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
+    con.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
     con.close()
-    with pytest.raises(InputError, match=r"b\.duckdb: store schema version 2"):
+    with pytest.raises(InputError, match=r"b\.duckdb: store schema version 1"):
         merge_stores([a, b], tmp_path / "out.duckdb")
     assert not (tmp_path / "out.duckdb").exists()
 

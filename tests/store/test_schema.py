@@ -156,3 +156,22 @@ def test_writers_run_duckdb_on_one_thread_and_readers_on_the_default(tmp_path):
         assert threads(db) == 1  # appends of a few runs: no worker wake-ups (store.database)
     with CalibrationStore(path, read_only=True) as db:
         assert threads(db) == duckdb.connect().execute("SELECT current_setting('threads')").fetchone()[0]
+
+
+def test_a_version_1_store_is_refused_with_the_command_that_recollects_it(tmp_path):
+    # A store from before the per-mode reuse errors: fit cannot use it, so opening it says how
+    # to collect a new one, for the model its runs are of.
+    from tests.store.synthetic import synthetic_run, write
+
+    path = tmp_path / "v1.duckdb"
+    with CalibrationStore(path) as store:
+        write(store, synthetic_run(0))
+    con = duckdb.connect(str(path))
+    con.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+    con.execute("DROP TABLE reuse_errors")
+    con.close()
+    with pytest.raises(InputError) as info:
+        CalibrationStore(path)
+    message = str(info.value)
+    assert "v1.duckdb: store schema version 1" in message and "re-collect it" in message
+    assert "`sencache-calibrate collect --model toy-wan --db NEW.duckdb`" in message

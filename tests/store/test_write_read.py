@@ -300,3 +300,18 @@ def test_column_hash_ignores_chunking_and_slicing_but_not_boundaries():
     assert digest(pa.array(["x", "ab", "c"]).slice(1)) == digest(pa.array(["ab", "c"]))
     assert digest(pa.array(["ab", "c"])) != digest(pa.array(["a", "bc"]))  # lengths are hashed
     assert digest(pa.array([1.0, None])) != digest(pa.array([1.0, 0.0]))  # so is the null mask
+
+
+def test_reuse_errors_of_every_mode_round_trip(tmp_path):
+    from tests.store.synthetic import synthetic_run, write
+
+    record = synthetic_run(3)
+    with CalibrationStore(tmp_path / "m.duckdb") as store:
+        write(store, record)
+        got = store.reuse_errors().sort_values(["mode", "step", "lag"]).reset_index(drop=True)
+        steps = store.steps()
+    want = record.reuse_errors.sort_values(["mode", "step", "lag"]).reset_index(drop=True)
+    assert sorted(got["mode"].unique()) == ["linear", "none"]
+    np.testing.assert_allclose(got["error"], want["error"])
+    assert list(got["step"]) == list(want["step"]) and list(got["lag"]) == list(want["lag"])
+    assert steps["residual_change"].notna().sum() == len(steps) - 1

@@ -1,0 +1,243 @@
+"""The smooth search: ε(p) from a few parameters, its level bisected to a target compute per trial.
+
+Why not one free log ε per knot: with 12 independent knots over the scores' whole range most
+draws lie above every score, and with 20–40 trials the sampler lands on schedules ("warm-up,
+then skip K of every K+1"), not on score-driven points. Here a trial is
+
+    log ε(p) = level + tilt·(p − ½) + bump·exp(−((p − bump_at)/0.2)²)
+
+with `tilt`, `bump` and `bump_at` drawn, and `level` **bisected** (on the replay of the stored
+calibration trajectories: no model run) so the point computes about the trial's drawn `target`
+fraction of the steps. Every trial is score-driven and trials are comparable at matched compute;
+the sampler explores the shape, K, the zones and the reuse mode, and the target spreads them over
+the front's range.
+
+A trial may instead be a **static schedule** (``kind = "static"``): the same three shape
+parameters give a compute density ∝ exp(−shape(p)) (loose where ε would be high), and the
+schedule computes ``round(target·N)`` steps at its quantiles — so the search looks for the best
+static schedule too (dense where errors hurt, sparse where they do not), and every score-driven
+point has a static twin from the same search and reuse mode.
+
+Each trial keeps the operating point it evaluated (user attribute ``point``) so the choice of
+points rebuilds exactly what was measured.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import optuna
+
+from calibration.objectives import Objective
+from calibration.search import SearchSpace, _zone
+from policies import EpsSchedule, OperatingPoint, StaticSchedule
+
+__all__ = ["KINDS", "NFE_RANGE", "bisect_level", "run_shape_search", "shape_point", "shape_warm_starts",
+           "static_from_shape", "trial_point"]
+
+logger = logging.getLogger(__name__)
+
+KINDS = ("score", "static")
+#: the compute fractions a trial's target is drawn from (the front's useful range)
+NFE_RANGE = (0.3, 0.85)
+_BUMP_WIDTH = 0.2
+
+
+def _shape(params: dict[str, Any], p: np.ndarray) -> np.ndarray:
+    return (float(params["tilt"]) * (p - 0.5)
+            + float(params["bump"]) * np.exp(-(((p - float(params["bump_at"])) / _BUMP_WIDTH) ** 2)))
+
+
+def shape_point(params: dict[str, Any], space: SearchSpace, level: float, name: str = "candidate") -> OperatingPoint:
+    """The score-driven point of `params` at log-ε `level`."""
+    pos = space.positions
+    values = np.exp(np.clip(level + _shape(params, pos), -700.0, 700.0))
+    return OperatingPoint(
+        name=name,
+        eps=EpsSchedule(tuple(float(p) for p in pos), tuple(float(v) for v in values)),
+        max_skips=int(params["max_skips"]),
+        warmup_steps=_zone(int(params["warmup"]), space.num_steps),
+        final_steps=_zone(int(params["final"]), space.num_steps),
+        forecast=str(params.get("forecast", space.forecasts[0])),
+    )
+
+
+def static_from_shape(params: dict[str, Any], space: SearchSpace, target: float, name: str = "candidate") -> OperatingPoint:
+    """The static point of `params`: ``round(target·N)`` computes at the quantiles of the density
+    ∝ exp(−shape(p)), keeping `target` as its fraction at every step count."""
+    n = space.num_steps
+    m = int(min(n, max(2, round(float(target) * n))))
+    grid = np.linspace(0.0, 1.0, 1001)
+    density = np.exp(-np.clip(_shape(params, grid), -50.0, 50.0))
+    cdf = np.concatenate([[0.0], np.cumsum(0.5 * (density[1:] + density[:-1]) * np.diff(grid))])
+    cdf /= cdf[-1]
+    positions = np.interp(np.linspace(0.0, 1.0, m), cdf, grid)
+    schedule = StaticSchedule(tuple(float(p) for p in positions), m / n)
+    return OperatingPoint(name=name, schedule=schedule, forecast=str(params.get("forecast", space.forecasts[0])))
+
+
+def bisect_level(params: dict[str, Any], space: SearchSpace, nfe_of: Callable[[OperatingPoint], float],
+                 target: float, evals: int = 8) -> float:
+    """The log-ε level at which `params`' point computes closest to `target` (NFE falls as the level
+    rises); bisection over the space's ε range, `evals` evaluations of `nfe_of`."""
+    lo, hi = space.log_lo, space.log_hi
+    best_level, best_gap = hi, math.inf
+    for _ in range(max(1, evals)):
+        mid = 0.5 * (lo + hi)
+        nfe = float(nfe_of(shape_point(params, space, mid)))
+        if abs(nfe - target) < best_gap:
+            best_level, best_gap = mid, abs(nfe - target)
+        if nfe > target:
+            lo = mid  # computes too much: loosen
+        else:
+            hi = mid
+    return best_level
+
+
+def _suggest(trial: optuna.Trial, space: SearchSpace) -> dict[str, Any]:
+    # Every parameter in every trial (a static trial ignores K and the zones): a fixed space
+    # keeps the multivariate sampler on one joint model.
+    params: dict[str, Any] = {
+        "kind": trial.suggest_categorical("kind", list(KINDS)),
+        "target": trial.suggest_float("target", *NFE_RANGE),
+        "tilt": trial.suggest_float("tilt", -4.0, 4.0),
+        "bump": trial.suggest_float("bump", -4.0, 4.0),
+        "bump_at": trial.suggest_float("bump_at", 0.1, 0.9),
+        "max_skips": trial.suggest_int("max_skips", 1, space.max_k),
+        "warmup": trial.suggest_int("warmup", 0, space.max_warmup),
+        "final": trial.suggest_int("final", 0, space.max_final),
+    }
+    if len(space.forecasts) > 1:
+        params["forecast"] = trial.suggest_categorical("forecast", list(space.forecasts))
+    return params
+
+
+def shape_warm_starts(space: SearchSpace, targets: tuple[float, ...] = (0.7, 0.5, 0.4)) -> list[dict[str, Any]]:
+    """First trials: evenly spaced (flat static) and the probe's shapes at each target, with the
+    last forecast of `space.forecasts` first (linear when searched)."""
+    w = max(1, round(0.1 * space.num_steps))
+    shapes = [
+        ("static", 0.0, 0.0, 0.5, 1, 0, 0),   # evenly spaced
+        ("static", 0.0, 2.0, 0.5, 1, 0, 0),   # sparse mid-way, dense at both ends
+        ("score", 0.0, 2.0, 0.5, 2, 1, 0),    # loose mid-way, strict at both ends
+        ("score", 0.0, 0.0, 0.5, 2, 1, 0),    # flat ε
+        ("score", 3.0, 0.0, 0.5, 3, w, 1),    # late-loose ramp (1/G-like)
+        ("static", -2.0, 0.0, 0.5, 1, 0, 0),  # dense at the end
+    ]
+    out = []
+    for target in targets:
+        for kind, tilt, bump, at, k, warmup, final in shapes:
+            params = {"kind": kind, "target": float(min(max(target, NFE_RANGE[0]), NFE_RANGE[1])), "tilt": tilt,
+                      "bump": bump, "bump_at": at, "max_skips": min(k, space.max_k),
+                      "warmup": min(warmup, space.max_warmup), "final": min(final, space.max_final)}
+            for forecast in reversed(space.forecasts):
+                candidate = dict(params, forecast=forecast) if len(space.forecasts) > 1 else params
+                if candidate not in out:
+                    out.append(candidate)
+    return out
+
+
+def trial_point(trial: optuna.trial.FrozenTrial, name: str) -> OperatingPoint:
+    """The operating point a finished trial evaluated, renamed."""
+    data = dict(json.loads(trial.user_attrs["point"]), name=name)
+    return OperatingPoint.from_dict(data)
+
+
+def run_shape_search(
+    study: optuna.Study,
+    objective: Objective,
+    predictors: Any,
+    space: SearchSpace,
+    trials: int,
+    starts: list[dict[str, Any]],
+    nfe_of: Callable[[OperatingPoint], float],
+    show_progress: bool = True,
+    level_evals: int = 8,
+) -> optuna.Study:
+    """Run until the study holds `trials` finished trials (a resumed study runs only the rest)."""
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    if not study.trials:
+        for params in starts[: max(1, trials // 2)]:
+            study.enqueue_trial(params, skip_if_exists=True)
+    remaining = trials - len(done)
+    if remaining <= 0:
+        logger.info("study %r already holds %d finished trials: nothing to run", study.study_name, len(done))
+        return study
+
+    def evaluate(trial: optuna.Trial) -> tuple[float, float]:
+        params = _suggest(trial, space)
+        if params["kind"] == "static":
+            point = static_from_shape(params, space, params["target"])
+        else:
+            point = shape_point(params, space, bisect_level(params, space, nfe_of, params["target"], level_evals))
+        result = objective.evaluate(predictors, point)
+        trial.set_user_attr("point", json.dumps(point.to_dict()))
+        trial.set_user_attr("kind", params["kind"])
+        trial.set_user_attr("per_run_error_std", float(np.std(result.per_run_error)) if result.per_run_error else 0.0)
+        return result.error, result.nfe_fraction
+
+    logger.info("search: %d trial(s) to run (%s objective, smooth ε shapes + static schedules), study %r",
+                remaining, objective.kind, study.study_name)
+    study.optimize(evaluate, n_trials=remaining, show_progress_bar=show_progress, gc_after_trial=False)
+    return study
+
+
+@dataclass(frozen=True)
+class Twin:
+    """A chosen point's static twin and the paired holdout difference (point − twin, per run)."""
+
+    point: OperatingPoint
+    origin: str
+    mean_difference: float
+    standard_error: float
+    runs: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"point": self.point.to_dict(), "origin": self.origin, "paired_difference": self.mean_difference,
+                "standard_error": self.standard_error, "runs": self.runs}
+
+
+def _with_fraction(point: OperatingPoint, target: float, name: str) -> OperatingPoint:
+    """A static point's shape at another compute fraction."""
+    from dataclasses import replace
+
+    return replace(point, name=name, schedule=StaticSchedule(point.schedule.compute_at, float(target)),
+                   expected_nfe_fraction=None, expected_error=None, expected_nfe_by_steps=None)
+
+
+def static_twin(study: optuna.Study, point: OperatingPoint, target: float, space: SearchSpace,
+                calib: Objective, holdout: Objective, predictors: Any, measured: Any,
+                candidates: int = 3) -> Twin:
+    """The best static schedule of the same search and reuse mode at `target`, and the paired
+    holdout difference `point` − twin (per run; > 0: the twin is closer to full compute).
+
+    Candidates: evenly spaced, and the `candidates` static trials of the same forecast whose own
+    target lay nearest, each rebuilt at `target` and measured on the calibration runs; the best
+    there is the twin. `measured` is `point`'s holdout `Evaluation` (its per-run errors pair with
+    the twin's: the same runs in the same order).
+    """
+    from policies.schedule import evenly_spaced
+
+    name = f"{point.name}-static"
+    options = [("uniform", OperatingPoint(name, schedule=evenly_spaced(target, space.num_steps),
+                                          forecast=point.forecast))]
+    static = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE
+              and t.user_attrs.get("kind") == "static" and "point" in t.user_attrs]
+    static = [t for t in static if trial_point(t, name).forecast == point.forecast]
+    static.sort(key=lambda t: (abs(float(t.params.get("target", t.values[1])) - target), t.values[0]))
+    for t in static[:candidates]:
+        options.append((f"search (trial {t.number})", _with_fraction(trial_point(t, name), target, name)))
+    scored = [(calib.evaluate(predictors, p).error, i, origin, p) for i, (origin, p) in enumerate(options)]
+    _, _, origin, twin = min(scored, key=lambda s: s[:2])
+    twin_holdout = holdout.evaluate(predictors, twin)
+    diff = np.asarray(measured.per_run_error, dtype=np.float64) - np.asarray(twin_holdout.per_run_error, dtype=np.float64)
+    se = float(np.std(diff, ddof=1) / math.sqrt(len(diff))) if len(diff) > 1 else float("nan")
+    twin = OperatingPoint.from_dict({**twin.to_dict(), "expected_nfe_fraction": max(twin_holdout.nfe_fraction, 1e-6),
+                                     "expected_error": twin_holdout.error})
+    return Twin(twin, origin, float(np.mean(diff)), se, int(len(diff)))

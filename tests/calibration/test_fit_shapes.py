@@ -1,0 +1,82 @@
+"""The smooth search: shapes with the level bisected to a target, static schedules, static twins."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from calibration.fit import fit
+from calibration.fitdata import load_fit_data
+from calibration.objectives import ReplayObjective
+from calibration.search import SearchSpace
+from calibration.shapes import bisect_level, shape_point, shape_warm_starts, static_from_shape
+from policies import Policy, Predictor
+from tests.calibration.test_fit_store import make_store
+
+PARAMS = {"tilt": 0.0, "bump": 2.0, "bump_at": 0.5, "max_skips": 2, "warmup": 1, "final": 0, "forecast": "none"}
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+    return make_store(tmp_path_factory.mktemp("shapes") / "s.duckdb", runs=4, holdout=3)
+
+
+def _replay(db):
+    data = load_fit_data(db)
+    pos, gain = data.gain_curve()
+    return data, ReplayObjective(data.sensitivity_table(), data.steps, data.cache_errors, gain, pos)
+
+
+def test_the_level_is_bisected_to_the_trials_target(synth):
+    data, replay = _replay(synth)
+    space = SearchSpace(knots=10, log_lo=-12.0, log_hi=4.0, num_steps=data.num_steps)
+    nfe_of = lambda p: replay.evaluate(Predictor(), p).nfe_fraction  # noqa: E731
+    for target in (0.5, 0.7):
+        level = bisect_level(PARAMS, space, nfe_of, target, evals=12)
+        got = nfe_of(shape_point(PARAMS, space, level))
+        assert got == pytest.approx(target, abs=1.5 / data.num_steps)
+        assert not shape_point(PARAMS, space, level).static
+
+
+def test_a_static_shape_computes_its_target_and_is_dense_where_the_shape_is_strict():
+    space = SearchSpace(knots=10, log_lo=-3.0, log_hi=1.0, num_steps=30)
+    point = static_from_shape(PARAMS, space, 0.5)  # bump at 0.5: sparse mid-way, dense at both ends
+    steps = sorted(point.schedule.steps(30))
+    assert len(steps) == 15 and steps[0] == 0 and steps[-1] == 29
+    middle = [s for s in steps if 10 <= s <= 19]
+    assert len(middle) < 15 / 3  # fewer than an even share
+    for n in (20, 50):
+        assert point.schedule.fraction(n) == pytest.approx(0.5)
+
+
+def test_warm_starts_include_evenly_spaced_and_the_probes_shapes():
+    space = SearchSpace(knots=10, log_lo=-3.0, log_hi=1.0, num_steps=30, forecasts=("none", "linear"))
+    starts = shape_warm_starts(space, (0.5,))
+    assert starts[0] == {"kind": "static", "target": 0.5, "tilt": 0.0, "bump": 0.0, "bump_at": 0.5, "max_skips": 1,
+                         "warmup": 0, "final": 0, "forecast": "linear"}
+    assert any(s["kind"] == "score" and s["bump"] > 0 for s in starts)
+
+
+def test_fit_states_each_points_static_twin_and_ships_static_when_the_twin_wins(synth, tmp_path):
+    result = fit(synth, trials=12, objective="replay", seed=0, storage=str(tmp_path / "t.log"), show_progress=False,
+                 plot=False)
+    chosen = [p for p in result["operating_points"] if "target_nfe_fraction" in p]
+    assert result["search"] == "smooth"
+    for p in chosen:
+        assert "score_driven" in p and "static_twin" in p
+        twin = p["static_twin"]
+        if twin is None:  # a static point is its own twin
+            assert p["score_driven"] is False
+            continue
+        assert twin["runs"] == len(result["runs"]["holdout"]) == 3
+        assert np.isfinite(twin["paired_difference"])
+        if "replaced" in twin:  # the score lost to the schedule on the holdout: it ships static
+            assert twin["paired_difference"] > 0 and p["score_driven"] is False and "schedule" in p
+        else:
+            assert twin["paired_difference"] <= 0 and p["score_driven"] is True
+    from calibration.export import export
+
+    policy = export(synth, tmp_path / "p.json")
+    assert isinstance(Policy.load(tmp_path / "p.json"), Policy)
+    twins = policy.provenance["metrics"]["static_twins"]
+    assert set(twins) == {p["name"] for p in chosen if p["static_twin"]}
