@@ -252,7 +252,7 @@ def _add_collect(sub: argparse._SubParsersAction) -> None:
     )
     _add_model_args(p)
     p.add_argument("--prompts", default=None,
-                   help="text file, one prompt per line (default for zoo models: the zoo's training and held-out prompts)")
+                   help="text file, one prompt per line (default for zoo models: 12 of the zoo's training prompts; bench's held-out prompts stay unseen)")
     p.add_argument("--seeds", type=int, default=4, help="seeds per prompt: 0..N-1 (default: %(default)s)")
     p.add_argument("--steps", type=int, default=30, help="denoising steps per run, at least 2 (default: %(default)s)")
     p.add_argument("--db", default="calib.duckdb", help="the store to write (default: %(default)s)")

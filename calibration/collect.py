@@ -74,19 +74,21 @@ def read_prompts(path: str | Path) -> list[str]:
 
 
 def default_prompts(model: str, count: int = 12) -> list[str]:
-    """For zoo toys and tiny fixtures: training prompts and held-out ones, evenly picked (3:1)."""
+    """For zoo toys and tiny fixtures: `count` of the zoo's training prompts, evenly picked.
+
+    Never the held-out prompts: `bench` measures on those by default, and a number measured on
+    prompts the fit saw would flatter the policy. The store's own calib/holdout split (by hash,
+    `split_of`) is taken among these.
+    """
     from calibration.zoo.registry import TINY_MODELS, TOY_MODELS
 
     if model not in TOY_MODELS and model not in TINY_MODELS:
         raise InputError(f"--prompts is required for --model {model!r} (only zoo models have default prompts)")
-    from calibration.zoo.data import heldout_prompts, training_prompts
+    from calibration.zoo.data import training_prompts
 
-    def spread(items: list[str], n: int) -> list[str]:
-        step = max(len(items) / max(n, 1), 1.0)
-        return [items[int(i * step)] for i in range(min(n, len(items)))]
-
-    n_held = max(count // 4, 1)
-    return spread(training_prompts(), count - n_held) + spread(heldout_prompts(), n_held)
+    items = training_prompts()
+    step = max(len(items) / max(count, 1), 1.0)
+    return [items[int(i * step)] for i in range(min(count, len(items)))]
 
 
 def split_of(prompt: str, holdout_fraction: float) -> str:

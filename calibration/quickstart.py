@@ -22,11 +22,14 @@ __all__ = ["QuickstartResult", "quickstart"]
 
 logger = logging.getLogger("sencache.quickstart")
 
-#: Methods the quickstart benches: the reference, the baseline to beat, and ours.
-QUICK_METHODS = ("none", "uniform", "sencache-paper", "sencache")
+#: Methods the quickstart benches: the reference, the baseline to beat, the strongest peer on the
+#: toys (TaylorSeer), ours, and ours without the score (its static twin: what the score adds).
+QUICK_METHODS = ("none", "uniform", "taylorseer", "sencache-static", "sencache")
+#: The closing lines' columns, in this order.
+HEADLINE_METHODS = ("sencache", "sencache-static", "taylorseer", "uniform")
 #: Shorter sweeps than the full bench's: enough to interpolate at 0.7, 0.5 and 0.4.
 QUICK_KNOBS: dict[str, list[Any]] = {"uniform": [0.8, 0.7, 0.6, 0.5, 0.4, 0.3],
-                                     "sencache-paper": [0.05, 0.1, 0.2, 0.4, 0.8]}
+                                     "taylorseer": [2, 3, 4]}
 
 
 @dataclass
@@ -45,7 +48,7 @@ class QuickstartResult:
         lines = ["", "SenCache quickstart finished.", ""]
         for fraction, row in sorted(self.headline.get("matched", {}).items(), reverse=True):
             cells = []
-            for method in ("sencache", "uniform", "sencache-paper"):
+            for method in HEADLINE_METHODS:
                 value = row.get(method, {}).get("psnr")
                 cells.append(f"{method} {value:.1f} dB" if isinstance(value, (int, float)) else f"{method} n/a")
             lines.append(f"  at {float(fraction):.0%} of steps computed: " + ", ".join(cells))

@@ -36,6 +36,17 @@ def test_plan_runs_shards_cover_every_pair_once():
     assert len(whole) == 6
 
 
+def test_default_prompts_leave_the_bench_prompts_unseen():
+    # bench measures on the zoo's held-out prompts by default; the fit must never see them
+    from calibration.bench import _prompts
+    from calibration.zoo.data import heldout_prompts
+
+    prompts = default_prompts("toy-wan", count=40)
+    assert len(prompts) == len(set(prompts)) == 40
+    assert not set(prompts) & set(heldout_prompts())
+    assert not set(prompts) & set(_prompts(None))
+
+
 def test_split_is_fixed_by_the_prompt():
     prompts = default_prompts("toy-wan", count=40)
     splits = [split_of(p, 0.25) for p in prompts]

@@ -19,11 +19,14 @@ def test_quickstart_runs_the_whole_loop(tmp_path):
     policy = Policy.load(result.policy)  # the exported file passes the loader
     assert {"quality", "balanced", "fast"} <= set(policy.operating_point_names)
     bench = json.loads((result.bench / "bench.json").read_text())
-    assert [m for m in bench["methods"]] == ["none", "uniform", "sencache-paper", "sencache"]
+    assert [m for m in bench["methods"]] == ["none", "uniform", "taylorseer", "sencache-static", "sencache"]
     assert set(result.seconds) == {"collect", "fit", "export", "bench"}
     text = result.summary()
     assert "SenCache quickstart finished." in text and str(result.policy) in text
     assert "at 50% of steps computed" in text
+    line = next(t for t in text.splitlines() if "at 50% of steps computed" in t)
+    # ours, its static twin (what the score adds), the strongest peer and the baseline, in that order
+    assert [c.split()[0] for c in line.split(": ", 1)[1].split(", ")] == ["sencache", "sencache-static", "taylorseer", "uniform"]
     saved = json.loads((out / "quickstart.json").read_text())
     assert saved["headline"]["matched"] == bench["matched"]
 
