@@ -25,6 +25,8 @@ rediscovering them.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import logging
 import math
 from dataclasses import dataclass
@@ -188,6 +190,27 @@ def open_study(storage: str | optuna.storages.BaseStorage | None, seed: int, stu
     )
 
 
+def optimize_study(study: optuna.Study, trials: int, starts: list[dict[str, Any]],
+                   evaluate: Callable[[optuna.Trial], tuple[float, float]], what: str,
+                   show_progress: bool = True) -> optuna.Study:
+    """Run `evaluate` until the study holds `trials` finished trials (a resumed study runs only the rest).
+
+    A new study first enqueues up to half its trials from `starts` (the warm starts); `what`
+    names the search in the log line.
+    """
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    if not study.trials:
+        for params in starts[: max(1, trials // 2)]:
+            study.enqueue_trial(params, skip_if_exists=True)
+    remaining = trials - len(done)
+    if remaining <= 0:
+        logger.info("study %r already holds %d finished trials: nothing to run", study.study_name, len(done))
+        return study
+    logger.info("search: %d trial(s) to run (%s), study %r", remaining, what, study.study_name)
+    study.optimize(evaluate, n_trials=remaining, show_progress_bar=show_progress, gc_after_trial=False)
+    return study
+
+
 def run_search(
     study: optuna.Study,
     objective: Objective,
@@ -197,15 +220,7 @@ def run_search(
     starts: list[dict[str, Any]],
     show_progress: bool = True,
 ) -> optuna.Study:
-    """Run until the study holds `trials` finished trials (a resumed study runs only the rest)."""
-    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    if not study.trials:
-        for params in starts[: max(1, trials // 2)]:
-            study.enqueue_trial(params, skip_if_exists=True)
-    remaining = trials - len(done)
-    if remaining <= 0:
-        logger.info("study %r already holds %d finished trials: nothing to run", study.study_name, len(done))
-        return study
+    """The knot search: each trial's ε knots, K, zones and forecast, scored by `objective`."""
 
     def evaluate(trial: optuna.Trial) -> tuple[float, float]:
         params = _suggest(trial, space)
@@ -213,9 +228,7 @@ def run_search(
         trial.set_user_attr("per_run_error_std", float(np.std(result.per_run_error)) if result.per_run_error else 0.0)
         return result.error, result.nfe_fraction
 
-    logger.info("search: %d trial(s) to run (%s objective), study %r", remaining, objective.kind, study.study_name)
-    study.optimize(evaluate, n_trials=remaining, show_progress_bar=show_progress, gc_after_trial=False)
-    return study
+    return optimize_study(study, trials, starts, evaluate, f"{objective.kind} objective", show_progress)
 
 
 def pareto_front(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:

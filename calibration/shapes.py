@@ -35,7 +35,7 @@ import numpy as np
 import optuna
 
 from calibration.objectives import Objective
-from calibration.search import SearchSpace, _zone
+from calibration.search import SearchSpace, _zone, optimize_study
 from policies import EpsSchedule, OperatingPoint, StaticSchedule
 
 __all__ = ["KINDS", "NFE_RANGE", "bisect_level", "run_shape_search", "shape_point", "shape_warm_starts",
@@ -160,15 +160,7 @@ def run_shape_search(
     show_progress: bool = True,
     level_evals: int = 8,
 ) -> optuna.Study:
-    """Run until the study holds `trials` finished trials (a resumed study runs only the rest)."""
-    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    if not study.trials:
-        for params in starts[: max(1, trials // 2)]:
-            study.enqueue_trial(params, skip_if_exists=True)
-    remaining = trials - len(done)
-    if remaining <= 0:
-        logger.info("study %r already holds %d finished trials: nothing to run", study.study_name, len(done))
-        return study
+    """The smooth search: ε shapes with their level bisected to each trial's target, and static schedules."""
 
     def evaluate(trial: optuna.Trial) -> tuple[float, float]:
         params = _suggest(trial, space)
@@ -182,10 +174,8 @@ def run_shape_search(
         trial.set_user_attr("per_run_error_std", float(np.std(result.per_run_error)) if result.per_run_error else 0.0)
         return result.error, result.nfe_fraction
 
-    logger.info("search: %d trial(s) to run (%s objective, smooth ε shapes + static schedules), study %r",
-                remaining, objective.kind, study.study_name)
-    study.optimize(evaluate, n_trials=remaining, show_progress_bar=show_progress, gc_after_trial=False)
-    return study
+    return optimize_study(study, trials, starts, evaluate,
+                          f"{objective.kind} objective, smooth ε shapes + static schedules", show_progress)
 
 
 @dataclass(frozen=True)
