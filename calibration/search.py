@@ -25,10 +25,9 @@ rediscovering them.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,7 +37,7 @@ import optuna
 from calibration.objectives import Evaluation, Objective
 from policies import EpsSchedule, OperatingPoint, Predictor
 
-__all__ = ["SearchSpace", "open_study", "pareto_front", "point_from_params", "run_search", "warm_starts"]
+__all__ = ["SearchSpace", "open_study", "optimize_study", "pareto_front", "point_from_params", "run_search", "warm_starts"]
 
 logger = logging.getLogger(__name__)
 
