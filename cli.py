@@ -449,8 +449,9 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
         _cmd_bench,
         """Benchmark SenCache against its peers at matched compute on held-out prompts and seeds.
 
-        Methods: none, uniform, sencache-paper, sencache (needs --policy), teacache, magcache,
-        fbcache, taylorseer, easycache, dbcache; each swept over its knob. Quality (PSNR, SSIM,
+        Methods: none, uniform, sencache-paper, sencache (needs --policy), sencache-static (each
+        fitted point's static twin: what the score adds), teacache, magcache, fbcache,
+        taylorseer, easycache, dbcache; each swept over its knob. Quality (PSNR, SSIM,
         latent RMSE) is against full compute of the same seed; compute is measured by counting
         the block stack's real work. Writes bench.json, plots and summary.md to --out.
 
