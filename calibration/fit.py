@@ -273,15 +273,16 @@ def _nfe_by_steps(objectives: _Objectives, objective: Objective, predictors: dic
                   point: OperatingPoint, data: FitData, nfe: float) -> tuple[tuple[int, float], ...]:
     """The point's compute fraction at 20, 30 and 50 steps (`calibration.stepcounts`): exact for a
     static point; for a score-driven one measured through the runtime on the validation runs'
-    prompts when the objective re-runs the model, else only at the store's step count (replay
-    cannot run other step counts)."""
+    prompts when the objective re-runs the model (all of them, as one batch: a score-driven point's
+    compute varies from prompt to prompt, and the stated fraction must hold on prompts it never
+    saw), else only at the store's step count (replay cannot run other step counts)."""
     from calibration.stepcounts import STEP_COUNTS, measure_nfe_by_steps, static_nfe_by_steps
 
     if point.static:
         return tuple((int(k), v) for k, v in static_nfe_by_steps(point).items())
     if not isinstance(objective, RerunObjective):
         return ((data.num_steps, max(float(nfe), 1e-6)),)
-    runs = objective.runs[:4]
+    runs = objective.runs
     policy = objective.policy_for(predictors, point)
     measured = measure_nfe_by_steps(objectives._pipe(), policy, point, [r.prompt for r in runs],
                                     seed=int(runs[0].seed), steps=STEP_COUNTS)
