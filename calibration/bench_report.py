@@ -209,6 +209,10 @@ def _to_psnr(mse: float | None) -> float | None:
     return PSNR_CAP if mse <= 0.0 else float(min(PSNR_CAP, -10.0 * np.log10(mse)))
 
 
+#: the methods every other is compared with sample by sample (`vs_<method>` in `matched`)
+PAIRED_REFERENCES = ("uniform", "sencache-static", "taylorseer")
+
+
 def matched(rows: list[dict[str, Any]], fractions: tuple[float, ...]) -> dict[str, dict[str, Any]]:
     """`{"0.5": {method: {psnr, ssim, latent_rmse, spread, ..., reached}}}` for every method but `none`.
 
@@ -220,7 +224,9 @@ def matched(rows: list[dict[str, Any]], fractions: tuple[float, ...]) -> dict[st
     fraction when its mean-NFE curve spans it. `vs_uniform` is the paired difference in PSNR
     against evenly spaced skipping, sample by sample (same prompt and seed), with its standard
     error `vs_uniform_se`: prompts differ far more from each other than methods do, so the
-    unpaired spread hides differences that every single sample agrees on.
+    unpaired spread hides differences that every single sample agrees on. The same paired
+    difference is given against SenCache's static twin (`vs_sencache-static`: what the score
+    adds) and against TaylorSeer (`vs_taylorseer`), when those ran.
     """
     by_method: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
@@ -257,7 +263,8 @@ def matched(rows: list[dict[str, Any]], fractions: tuple[float, ...]) -> dict[st
                 entry[metric] = _mean(per[metric])
                 entry["spread" if metric == "psnr" else f"spread_{metric}"] = _std(per[metric])
             table[method] = entry
-        _paired(table, psnr_by_sample, "uniform")
+        for reference in PAIRED_REFERENCES:
+            _paired(table, psnr_by_sample, reference)
         out[f"{f:g}"] = table
     return out
 

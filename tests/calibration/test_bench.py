@@ -82,6 +82,19 @@ def test_matched_pairs_each_sample_with_uniform():
     assert "vs_uniform" not in table["uniform"] and "vs_uniform" not in table["y"]  # y never reaches 0.5
 
 
+def test_matched_pairs_sencache_with_its_static_twin_and_taylorseer():
+    # sencache 35, 45; its static twin 34, 41 -> +1, +4: mean +2.5, s.e. 1.5/sqrt(2);
+    # taylorseer 36, 44 -> -1, +1: mean 0, s.e. 1/sqrt(2)
+    rows = [_row("none", 1.0, [100, 100]), _row("sencache", 0.5, [35, 45]), _row("sencache-static", 0.5, [34, 41]),
+            _row("taylorseer", 0.5, [36, 44])]
+    table = matched(rows, (0.5,))["0.5"]
+    assert table["sencache"]["vs_sencache-static"] == pytest.approx(2.5)
+    assert table["sencache"]["vs_sencache-static_se"] == pytest.approx(1.5 / np.sqrt(2))
+    assert table["sencache"]["vs_taylorseer"] == pytest.approx(0.0)
+    assert table["sencache"]["vs_taylorseer_se"] == pytest.approx(1 / np.sqrt(2))
+    assert "vs_uniform" not in table["sencache"]  # no uniform ran
+
+
 # --- a real run on a tiny fixture ---------------------------------------------------------------
 
 
