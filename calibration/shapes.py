@@ -119,27 +119,37 @@ def _suggest(trial: optuna.Trial, space: SearchSpace) -> dict[str, Any]:
 
 
 def shape_warm_starts(space: SearchSpace, targets: tuple[float, ...] = (0.7, 0.5, 0.4)) -> list[dict[str, Any]]:
-    """First trials: evenly spaced (flat static) and the probe's shapes at each target, with the
-    last forecast of `space.forecasts` first (linear when searched)."""
+    """First trials, most promising first: each shape at every target before the next shape, with
+    the last forecast of `space.forecasts` (the module forecast, when searched) before the others.
+
+    A study enqueues only the first half of its trials from here, so the order decides what is
+    tried: evenly spaced, then TaylorSeer's pattern as a score-driven point (a dense warm-up,
+    then at most one skip in a row above 0.45 of the compute and two below it: the level, bisected
+    to the target, lets the K cap decide), then the probe's shapes.
+    """
     w = max(1, round(0.1 * space.num_steps))
+    dense_warmup = min(3, space.max_warmup)
     shapes = [
         ("static", 0.0, 0.0, 0.5, 1, 0, 0),   # evenly spaced
-        ("static", 0.0, 2.0, 0.5, 1, 0, 0),   # sparse mid-way, dense at both ends
+        ("score", 0.0, 0.0, 0.5, None, dense_warmup, 0),  # TaylorSeer's pattern: warm-up, then the K cap
         ("score", 0.0, 2.0, 0.5, 2, 1, 0),    # loose mid-way, strict at both ends
+        ("static", 0.0, 2.0, 0.5, 1, 0, 0),   # sparse mid-way, dense at both ends
         ("score", 0.0, 0.0, 0.5, 2, 1, 0),    # flat ε
-        ("score", 3.0, 0.0, 0.5, 3, w, 1),    # late-loose ramp (1/G-like)
         ("static", -2.0, 0.0, 0.5, 1, 0, 0),  # dense at the end
+        ("score", 3.0, 0.0, 0.5, 3, w, 1),    # late-loose ramp (1/G-like)
     ]
-    out = []
-    for target in targets:
+    out: list[dict[str, Any]] = []
+    for forecasts in ((space.forecasts[-1],), tuple(reversed(space.forecasts[:-1]))):
         for kind, tilt, bump, at, k, warmup, final in shapes:
-            params = {"kind": kind, "target": float(min(max(target, NFE_RANGE[0]), NFE_RANGE[1])), "tilt": tilt,
-                      "bump": bump, "bump_at": at, "max_skips": min(k, space.max_k),
-                      "warmup": min(warmup, space.max_warmup), "final": min(final, space.max_final)}
-            for forecast in reversed(space.forecasts):
-                candidate = dict(params, forecast=forecast) if len(space.forecasts) > 1 else params
-                if candidate not in out:
-                    out.append(candidate)
+            for target in targets:
+                skips = k if k is not None else (1 if target >= 0.45 else 2)
+                params = {"kind": kind, "target": float(min(max(target, NFE_RANGE[0]), NFE_RANGE[1])), "tilt": tilt,
+                          "bump": bump, "bump_at": at, "max_skips": min(skips, space.max_k),
+                          "warmup": min(warmup, space.max_warmup), "final": min(final, space.max_final)}
+                for forecast in forecasts:
+                    candidate = dict(params, forecast=forecast) if len(space.forecasts) > 1 else params
+                    if candidate not in out:
+                        out.append(candidate)
     return out
 
 

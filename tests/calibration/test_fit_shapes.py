@@ -53,8 +53,21 @@ def test_warm_starts_include_evenly_spaced_and_the_probes_shapes():
     space = SearchSpace(knots=10, log_lo=-3.0, log_hi=1.0, num_steps=30, forecasts=("none", "linear"))
     starts = shape_warm_starts(space, (0.5,))
     assert starts[0] == {"kind": "static", "target": 0.5, "tilt": 0.0, "bump": 0.0, "bump_at": 0.5, "max_skips": 1,
-                         "warmup": 0, "final": 0, "forecast": "linear"}
+                         "warmup": 0, "final": 0, "forecast": "linear"}  # the last forecast searched first
     assert any(s["kind"] == "score" and s["bump"] > 0 for s in starts)
+
+
+def test_the_enqueued_half_of_a_study_warm_starts_every_target():
+    # 40 trials enqueue 20 starts: evenly spaced and TaylorSeer's pattern (warm-up 3, then the K cap:
+    # one skip in a row at 0.7 and 0.5, two at 0.4) at each target, with the module forecast, come first
+    space = SearchSpace(knots=10, log_lo=-3.0, log_hi=1.0, num_steps=30, forecasts=("none", "linear", "taylor"))
+    first = shape_warm_starts(space)[:20]
+    for target in (0.7, 0.5, 0.4):
+        assert {"kind": "static", "target": target, "tilt": 0.0, "bump": 0.0, "bump_at": 0.5, "max_skips": 1,
+                "warmup": 0, "final": 0, "forecast": "taylor"} in first
+        seer = [s for s in first if s["kind"] == "score" and s["warmup"] == 3 and s["tilt"] == 0 and s["target"] == target]
+        assert [s["max_skips"] for s in seer] == [2 if target < 0.45 else 1]
+    assert {s["forecast"] for s in first[:21]} == {"taylor"}
 
 
 def test_fit_states_each_points_static_twin_and_ships_static_when_the_twin_wins(synth, tmp_path):
