@@ -72,12 +72,15 @@ def test_no_shipped_point_is_a_mask_written_as_thresholds(name):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", SHIPPED)
 def test_every_shipped_point_computes_what_it_states_at_each_step_count(name):
-    # Through the runtime, on other prompts and another seed than the ones it was measured on.
+    # Through the runtime, on other prompts and another seed than the ones it was measured on. The
+    # stated fraction is a mean over prompts, and a score-driven point's samples differ (toy-wan
+    # `quality` at 20 steps: 0.80-0.95 per sample), so the batch is every held-out prompt (10):
+    # a batch of 3 has a sampling spread of about ±0.03 on its own.
     from calibration.zoo.data import heldout_prompts
 
     loaded = load_model(name)
     policy = Policy.load(POLICIES / f"{name}.json")
-    prompts = heldout_prompts()[4:7]
+    prompts = heldout_prompts()
     for point in policy.operating_points:
         handle = sencache.apply(loaded.pipe, policy, operating_point=point.name)
         try:
