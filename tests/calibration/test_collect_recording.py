@@ -107,18 +107,12 @@ class _Capture:
         pass
 
 
-def test_residual_reuse_error_equals_a_hand_run_bypassed_forward():
-    from calibration.models import load_model
-
-    loaded = load_model("tiny-wan")
-    _, sink = _record(loaded, k_max=3)
-    recorded = {(r["step"], r["lag"]): r for r in sink.rows["cache_errors"]}
-
-    # Hand run: keep each cond forward's inputs, output and block-stack residual ...
+def _capture_cond_forwards(loaded):
+    """Run one generation with the stack hooks on, keeping each cond forward's kwargs, output and
+    block-stack residual in `capture.calls`; returns the controller and the installed hooks."""
     transformer = loaded.pipe.transformer
-    adapter = adapter_for(transformer)
     capture = _Capture()
-    hooks = install_stack(transformer, adapter, capture)
+    hooks = install_stack(transformer, adapter_for(transformer), capture)
     original = transformer.forward
 
     def spy(*args, **kwargs):
@@ -133,6 +127,19 @@ def test_residual_reuse_error_equals_a_hand_run_bypassed_forward():
         generate(loaded, PROMPT, num_inference_steps=STEPS)
     finally:
         transformer.forward = original
+    return capture, hooks
+
+
+def test_residual_reuse_error_equals_a_hand_run_bypassed_forward():
+    from calibration.models import load_model
+
+    loaded = load_model("tiny-wan")
+    _, sink = _record(loaded, k_max=3)
+    recorded = {(r["step"], r["lag"]): r for r in sink.rows["cache_errors"]}
+
+    # Hand run: keep each cond forward's inputs, output and block-stack residual ...
+    transformer = loaded.pipe.transformer
+    capture, hooks = _capture_cond_forwards(loaded)
     # ... then at step 3 replace the blocks by `input + R_1` (lag 2): every row skips.
     kwargs, f3, _ = capture.calls[3]
     _, f1, r1 = capture.calls[1]
@@ -140,7 +147,7 @@ def test_residual_reuse_error_equals_a_hand_run_bypassed_forward():
     hooks.set_residual("cond", r1)
     with torch.no_grad(), transformer.cache_context("cond"):
         bypassed = transformer(**kwargs)[0]
-    remove_stack(transformer, adapter)
+    remove_stack(transformer, hooks.adapter)
     assert recorded[(1, 2)]["residual_error"] == pytest.approx(float(rms_diff(f3, bypassed)[0]), rel=1e-6)
     assert recorded[(1, 2)]["output_error"] == pytest.approx(float(rms_diff(f3, f1)[0]), rel=1e-6)
     assert recorded[(1, 2)]["residual_error"] < recorded[(1, 2)]["output_error"]  # reusing R beats reusing f
@@ -194,23 +201,7 @@ def test_each_reuse_modes_error_equals_a_hand_run_of_what_the_runtime_reuses():
     assert modes[(0, 1, "linear")] == modes[(0, 1, "none")]  # step 0 has no earlier residual: w = 0
 
     transformer = loaded.pipe.transformer
-    adapter = adapter_for(transformer)
-    capture = _Capture()
-    hooks = install_stack(transformer, adapter, capture)
-    original = transformer.forward
-
-    def spy(*args, **kwargs):
-        out = original(*args, **kwargs)
-        context = hooks.head.state._context
-        if context is not None and context.name == "cond":
-            capture.calls.append((dict(kwargs), out[0].clone(), hooks.residual("cond")))
-        return out
-
-    transformer.forward = spy
-    try:
-        generate(loaded, PROMPT, num_inference_steps=STEPS)
-    finally:
-        transformer.forward = original
+    capture, hooks = _capture_cond_forwards(loaded)
     kwargs, f3, _ = capture.calls[3]
     k0, _, r0 = capture.calls[0]
     k1, _, r1 = capture.calls[1]
@@ -222,7 +213,7 @@ def test_each_reuse_modes_error_equals_a_hand_run_of_what_the_runtime_reuses():
     hooks.set_residual("cond", forecast)
     with torch.no_grad(), transformer.cache_context("cond"):
         bypassed = transformer(**kwargs)[0]
-    remove_stack(transformer, adapter)
+    remove_stack(transformer, hooks.adapter)
     assert modes[(1, 2, "linear")] == pytest.approx(float(rms_diff(f3, bypassed)[0]), rel=1e-5)
     assert modes[(1, 2, "linear")] != pytest.approx(modes[(1, 2, "none")], rel=1e-3)
     steps = {r["step"]: r for r in sink.rows["steps"]}
