@@ -21,9 +21,11 @@ def probe():
     return module
 
 
-@pytest.mark.parametrize("n,m,k", [(30, 15, 2), (20, 8, 2), (10, 4, 2), (12, 6, 1)])
-def test_masks_obey_the_constraints(probe, n, m, k):
-    masks = probe.random_masks(50 if n == 30 else 5, n, m, k, seed=3)
+@pytest.mark.parametrize("n,m,k,count", [(30, 15, 2, 50), (20, 10, 2, 20), (10, 4, 2, 1), (12, 7, 1, 6)])
+def test_masks_obey_the_constraints(probe, n, m, k, count):
+    """(10, 4, 2) has one mask, (0, 3, 6, 9); (12, 7, 1) has six (one of six gaps without a skip)."""
+    masks = probe.random_masks(count, n, m, k, seed=3)
+    assert len(masks) == count
     assert len(set(masks)) == len(masks)
     for mask in masks:
         assert len(mask) == m and list(mask) == sorted(set(mask))
@@ -34,6 +36,8 @@ def test_masks_obey_the_constraints(probe, n, m, k):
 def test_masks_refuse_impossible_constraints(probe):
     with pytest.raises(ValueError, match="cannot keep runs"):
         probe.random_masks(1, 30, 5, 2)
+    with pytest.raises(ValueError, match="found only 6"):
+        probe.random_masks(7, 12, 7, 1)
 
 
 def test_a_mask_is_forced_exactly(probe):
