@@ -33,6 +33,7 @@ from policies.errors import InputError
 from sencache.adapters import BlockStackAdapter
 from sencache.norms import rms, rms_diff
 from sencache.stack import DEFAULT_CONTEXT, StackHooks
+from calibration.taylor_probe import TaylorProbe
 
 __all__ = ["ESTIMATORS", "REUSE_MODES", "ReferenceLatents", "Sink"]
 
@@ -122,6 +123,7 @@ class _Recorder:
         self.stack_rows = 0
         self.call = -1
         self.last_step = 10**9
+        self.taylor: TaylorProbe | None = None  # set by `recording` (hooks on the forecast modules)
         self._reset_trajectory()
 
     def _reset_trajectory(self) -> None:
@@ -131,6 +133,8 @@ class _Recorder:
         self.prev_signals: dict[str, torch.Tensor] = {}
         self.step_rows: dict[tuple[int, int], dict[str, Any]] = {}
         self.last_x: tuple[int, torch.Tensor] | None = None
+        if getattr(self, "taylor", None) is not None:
+            self.taylor.reset()
 
     # --- StackController ----------------------------------------------------------------------
     def compute_mask(self, context: str, batch: int) -> torch.Tensor | None:
@@ -214,10 +218,14 @@ class _Recorder:
             self._start_call()
         self.last_step = step
         self.probing, self.probe = True, {}
+        if self.taylor is not None:
+            self.taylor.start_record(self._cond_rows(context, batch))
         try:
             out = fn(*args, **kwargs)
         finally:
             self.probing = False
+            if self.taylor is not None:
+                self.taylor.end_record()
         self.busy = True
         try:
             self._measure(fn, named, context, batch, step, t_row, schedule, out)
@@ -291,9 +299,35 @@ class _Recorder:
                 self._emit("cache_errors", seen.step, b, lag=step - seen.step, dx=float(dx[b]), dt=abs(t - seen.t),
                            residual_error=float(err[b]), output_error=float(out_err[b]))
         self.pending_g = g
+        self._taylor(fn, sub, context, step, x, t_sub, f)
         if t_next is not None and self.estimator == "reference":
             self._reference(fn, sub, context, step, t_sub, t, t_next, x)
         self.window.append(_Seen(step, t, x, f, residual))
+
+    def _taylor(self, fn: Any, sub: dict[str, Any], context: str, step: int, x: torch.Tensor, t_sub: Any,
+                f: torch.Tensor) -> None:
+        """Mode "taylor": f(x_i, t_i) with the forecast modules returning their order-1 step-unit
+        forecast from r and r − 1 (`calibration.taylor_probe`), one stacked copy of the rows per
+        lag k = i − r: one forward per step for all lags."""
+        probe = self.taylor
+        if probe is None or not probe.active:
+            return
+        refs = probe.lags(step, self.k_max)
+        if refs:
+            rows, parts = x.shape[0], len(refs)
+            call = {k: torch.cat([v] * parts) if isinstance(v, torch.Tensor) and v.ndim and v.shape[0] == rows else v
+                    for k, v in sub.items()}
+            t_all = torch.cat([t_sub] * parts) if isinstance(t_sub, torch.Tensor) and t_sub.ndim and t_sub.shape[0] == rows else t_sub
+            probe.start_measure(step, refs)
+            try:
+                out = self._forward(fn, call, context, torch.cat([x] * parts), t_all)
+            finally:
+                probe.end_measure()
+            for r, out_k in zip(refs, out.split(rows)):
+                err = rms_diff(f, out_k)
+                for b in range(rows):
+                    self._emit("reuse_errors", r, b, lag=step - r, mode="taylor", error=float(err[b]))
+        probe.commit(step)
 
     def _reference(self, fn: Any, sub: dict[str, Any], context: str, step: int, t_sub: Any, t: float,
                    t_next: float, x: torch.Tensor) -> None:

@@ -43,6 +43,7 @@ from diffusers.hooks.hooks import BaseState, StateManager
 
 from calibration.recorder import ESTIMATORS, ReferenceLatents, Sink, _Recorder
 from sencache.adapters import adapter_for
+from calibration.taylor_probe import TaylorProbe
 from sencache.stack import install_stack, remove_stack
 
 __all__ = ["ESTIMATORS", "RECORD_HOOK", "Recording", "ReferenceLatents", "Sink", "TableSink", "recording"]
@@ -151,6 +152,7 @@ def recording(pipe: Any, sink: Sink, *, k_max: int = 4, estimator: str = "trajec
     adapter = adapter_for(transformer)
     recorder = _Recorder(pipe, transformer, adapter, sink, k_max, estimator, latents, reference)
     recorder.hooks = install_stack(transformer, adapter, recorder)
+    recorder.taylor = TaylorProbe(transformer, adapter, k_max)
     blocks = adapter.blocks(transformer)
     probes = [(blocks[0], _ProbeHook(recorder, "block0"))]
     if len(blocks) > 1:
@@ -169,5 +171,6 @@ def recording(pipe: Any, sink: Sink, *, k_max: int = 4, estimator: str = "trajec
             block_registry = getattr(block, "_diffusers_hook", None)
             if block_registry is not None and PROBE_HOOK in block_registry.hooks:
                 block_registry.remove_hook(PROBE_HOOK, recurse=False)
+        recorder.taylor.remove()
         remove_stack(transformer, adapter)
         recorder.hooks.reset()

@@ -196,7 +196,7 @@ def test_each_reuse_modes_error_equals_a_hand_run_of_what_the_runtime_reuses():
     _, sink = _record(loaded, k_max=3)
     modes = {(r["step"], r["lag"], r["mode"]): r["error"] for r in sink.rows["reuse_errors"]}
     plain = {(r["step"], r["lag"]): r["residual_error"] for r in sink.rows["cache_errors"]}
-    assert {m for _, _, m in modes} == {"none", "linear"}
+    assert {m for _, _, m in modes} == {"none", "linear", "taylor"}
     assert all(modes[(s, k, "none")] == plain[(s, k)] for s, k in plain)  # the same measurement
     assert modes[(0, 1, "linear")] == modes[(0, 1, "none")]  # step 0 has no earlier residual: w = 0
 
@@ -219,3 +219,49 @@ def test_each_reuse_modes_error_equals_a_hand_run_of_what_the_runtime_reuses():
     steps = {r["step"]: r for r in sink.rows["steps"]}
     assert steps[0]["residual_change"] is None
     assert steps[1]["residual_change"] == pytest.approx(float(rms_diff(r1[0].float(), r0[0].float())[0]), rel=1e-5)
+
+
+def test_taylor_reuse_error_equals_the_runtimes_taylor_skip():
+    # The runtime's taylor mode (step units, order 1) computing steps 0..2 and skipping step 3
+    # forecasts every forecast module from steps 2 and 1; the recorder's (step 2, lag 1, taylor)
+    # row must be that output's distance from full compute at step 3. Lag 3 (r = 0, the first
+    # computed step) forecasts F(0) as it is.
+    from calibration.models import load_model
+    from sencache.taylor import install_forecast, remove_forecast
+
+    loaded = load_model("tiny-wan")
+    _, sink = _record(loaded, k_max=3)
+    modes = {(r["step"], r["lag"], r["mode"]): r["error"] for r in sink.rows["reuse_errors"]}
+    assert {(s, k) for s, k, m in modes if m == "taylor"} == {(0, 1), (0, 2), (0, 3), (1, 1), (1, 2), (2, 1)}
+    full, hooks = _capture_cond_forwards(loaded)
+    remove_stack(loaded.pipe.transformer, hooks.adapter)
+    f3 = full.calls[3][1]
+
+    transformer = loaded.pipe.transformer
+    adapter = adapter_for(transformer)
+    capture = _Capture()
+    hooks = install_stack(transformer, adapter, capture)
+    capture.module_forecast = install_forecast(transformer, adapter, order=1, units="step")
+    capture.compute_mask = lambda context, batch: torch.full(
+        (batch,), context != "cond" or len(capture.calls) != 3, dtype=torch.bool)
+    capture.row_steps = lambda context, batch: torch.full((batch,), float(len(capture.calls)), dtype=torch.float64)
+    original = transformer.forward
+
+    def spy(*args, **kwargs):
+        out = original(*args, **kwargs)
+        context = hooks.head.state._context
+        if context is not None and context.name == "cond":
+            capture.calls.append(out[0].clone())
+        return out
+
+    transformer.forward = spy
+    try:
+        generate(loaded, PROMPT, num_inference_steps=STEPS)
+    finally:
+        transformer.forward = original
+        remove_forecast(transformer, adapter)
+        remove_stack(transformer, adapter)
+    skipped = capture.calls[3]
+    assert not torch.equal(skipped, f3)
+    assert modes[(2, 1, "taylor")] == pytest.approx(float(rms_diff(f3, skipped)[0]), rel=1e-4)
+    assert modes[(2, 1, "taylor")] != pytest.approx(modes[(2, 1, "none")], rel=1e-3)
