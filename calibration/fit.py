@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import optuna
 
+from calibration.compute_cost import CostedObjective, SkipCosts, measure_skip_costs
 from calibration.fitdata import FitData, load_fit_data
 from calibration.objectives import Objective, ReplayObjective, RerunObjective, RunSpec
 from calibration.regression import compare_predictors, fit_predictor
@@ -211,7 +212,7 @@ def _choose_points(front: list[optuna.trial.FrozenTrial], space: SearchSpace, ta
             if point.static:  # its shape at the target fraction: exact, one evaluation
                 from calibration.shapes import _with_fraction
 
-                refined = _with_fraction(point, target, name)
+                refined = _with_fraction(point, target, name, space)
                 result = objective.evaluate(predictor, refined)
                 nfe, err = result.nfe_fraction, result.error
             else:
@@ -219,7 +220,8 @@ def _choose_points(front: list[optuna.trial.FrozenTrial], space: SearchSpace, ta
                                             refine_evals)
             options.append((nfe > target + NFE_TOLERANCE, err, -nfe, order, "search", trial.number, refined, nfe))
         for forecast in space.forecasts:
-            even = replace(uniform_point(target, space.num_steps, name), forecast=forecast)
+            fraction = space.static_fraction(forecast, target) if space.skip_costs.of(forecast) else target
+            even = replace(uniform_point(fraction, space.num_steps, name), forecast=forecast)
             measured = objective.evaluate(predictor, even)
             # order -1: on a tie (the same mask) the simpler claim wins
             options.append((measured.nfe_fraction > target + NFE_TOLERANCE, measured.error, -measured.nfe_fraction,
@@ -280,13 +282,33 @@ def _nfe_by_steps(objectives: _Objectives, objective: Objective, predictors: dic
 
     if point.static:
         return tuple((int(k), v) for k, v in static_nfe_by_steps(point).items())
-    if not isinstance(objective, RerunObjective):
+    if not isinstance(getattr(objective, "inner", objective), RerunObjective):
         return ((data.num_steps, max(float(nfe), 1e-6)),)
     runs = objective.runs
     policy = objective.policy_for(predictors, point)
     measured = measure_nfe_by_steps(objectives._pipe(), policy, point, [r.prompt for r in runs],
                                     seed=int(runs[0].seed), steps=STEP_COUNTS)
     return tuple((int(k), max(v, 1e-6)) for k, v in measured.items())
+
+
+def _skip_costs(objectives: _Objectives | None, forecasts: tuple[str, ...]) -> SkipCosts:
+    """What a skipped step of each searched mode still computes, measured on the model when the fit
+    has it (`calibration.compute_cost`); without it a "taylor" point's compute counts only its
+    computed steps, and the log says so."""
+    if "taylor" not in forecasts:
+        return SkipCosts()
+    if objectives is None:
+        logger.warning("replay without the model: a 'taylor' point's compute counts only its computed steps, not "
+                       "the norms and modulation a skipped step still runs (pass --validate rerun to measure them)")
+        return SkipCosts()
+    loaded = objectives._pipe()
+    costs = measure_skip_costs(loaded.pipe, loaded.call_kwargs())
+    logger.info("a 'taylor' skip still runs %.2f%% of a step's block-stack Linear MACs", 100 * costs.taylor)
+    return costs
+
+
+def _costed(objective: Objective | None, costs: SkipCosts) -> Objective | None:
+    return objective if objective is None or not costs.taylor else CostedObjective(objective, costs)
 
 
 def _measure(objective: Objective | None, predictor: Predictor, point: OperatingPoint) -> dict[str, Any] | None:
@@ -358,13 +380,15 @@ def fit(
     scores = predictor.a * calib["u"] + predictor.b * calib["v"] + predictor.c
     # Forecasting is searched only where trials re-run the model: the store measured plain reuse.
     forecasts = ("none", "linear", "taylor") if kind == "rerun" else ("none",)
-    space = SearchSpace.from_scores(scores.to_numpy(np.float64), knots, data.num_steps, forecasts=forecasts)
+    objectives = _Objectives(kind, data, table, model)
+    costs = _skip_costs(objectives if "rerun" in (kind, validate_kind) else None, forecasts)
+    space = SearchSpace.from_scores(scores.to_numpy(np.float64), knots, data.num_steps, forecasts=forecasts,
+                                    skip_costs=costs)
     gains = data.gain_curve()
     knot_gain = None if gains is None else np.interp(space.positions, *gains)
     typical = float(np.nanmedian(scores[calib["lag"] == 1])) if (calib["lag"] == 1).any() else float(np.nanmedian(scores))
 
-    objectives = _Objectives(kind, data, table, model)
-    calib_obj = objectives.for_split("calib")
+    calib_obj = _costed(objectives.for_split("calib"), costs)
     # The store's digest in the name: the same store resumes its study, a changed one starts afresh.
     # "fit2": per-mode predictors score the trials, so a study of the earlier fit does not resume
     study_name = (f"sencache-fit2-{search}-{kind}-k{knots}-f{len(forecasts)}-s{seed}-"
@@ -376,7 +400,8 @@ def fit(
         from calibration.shapes import run_shape_search, shape_warm_starts, trial_point
 
         # the level bisection runs on the replay of the stored calibration trajectories: no model run
-        replay_calib = (calib_obj if kind == "replay" else _Objectives("replay", data, table, model).for_split("calib"))
+        replay_calib = (calib_obj if kind == "replay" else
+                        _costed(_Objectives("replay", data, table, model).for_split("calib"), costs))
         run_shape_search(study, calib_obj, predictors, space, trials, shape_warm_starts(space, tuple(targets.values())),
                          lambda point: replay_calib.evaluate(predictors, point).nfe_fraction, show_progress)
         point_of = trial_point
@@ -387,9 +412,9 @@ def fit(
     front = pareto_front(study)
     chosen = _choose_points(front, space, targets, calib_obj, predictors, refine_evals, point_of)
     checker = objectives if validate_kind == kind else _Objectives(validate_kind, data, table, model)
-    holdout_obj = checker.for_split("holdout")
+    holdout_obj = _costed(checker.for_split("holdout"), costs)
     validation = "holdout" if holdout_obj is not None else "calib (no holdout runs in the store)"
-    check_obj = holdout_obj or checker.for_split("calib")
+    check_obj = holdout_obj or _costed(checker.for_split("calib"), costs)
     points = []
     holdout_runs = len(data.run_ids("holdout"))
     if holdout_runs < MIN_HOLDOUT_RUNS:

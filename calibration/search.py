@@ -28,12 +28,13 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import optuna
 
+from calibration.compute_cost import SkipCosts
 from calibration.objectives import Evaluation, Objective
 from policies import EpsSchedule, OperatingPoint, Predictor
 
@@ -54,6 +55,9 @@ class SearchSpace:
     num_steps: int
     max_k: int = 4
     forecasts: tuple[str, ...] = ("none",)
+    #: what a skipped step of each mode still computes (`calibration.compute_cost`): static points
+    #: of a mode whose skips cost something compute fewer steps to stay at their target compute
+    skip_costs: SkipCosts = field(default_factory=SkipCosts)
 
     def __post_init__(self) -> None:
         if not 2 <= self.knots <= 32:
@@ -75,7 +79,7 @@ class SearchSpace:
 
     @classmethod
     def from_scores(cls, scores: np.ndarray, knots: int, num_steps: int, max_k: int = 4,
-                    forecasts: tuple[str, ...] = ("none",)) -> SearchSpace:
+                    forecasts: tuple[str, ...] = ("none",), skip_costs: SkipCosts | None = None) -> SearchSpace:
         """Bracket the positive scores: ``[q01/10, q99·10]`` in log space."""
         s = np.asarray(scores, dtype=np.float64)
         s = s[np.isfinite(s) & (s > 0)]
@@ -85,12 +89,16 @@ class SearchSpace:
             lo, hi = float(np.quantile(s, 0.01)) / 10.0, float(np.quantile(s, 0.99)) * 10.0
         if hi <= lo:
             hi = lo * 100.0
-        return cls(knots, math.log(lo), math.log(hi), int(num_steps), max_k, tuple(forecasts))
+        return cls(knots, math.log(lo), math.log(hi), int(num_steps), max_k, tuple(forecasts), skip_costs or SkipCosts())
 
     def to_dict(self) -> dict[str, Any]:
         return {"knots": self.knots, "eps_range": [math.exp(self.log_lo), math.exp(self.log_hi)],
                 "num_steps": self.num_steps, "max_k": self.max_k, "forecasts": list(self.forecasts),
-                "max_warmup": self.max_warmup, "max_final": self.max_final}
+                "max_warmup": self.max_warmup, "max_final": self.max_final, "skip_costs": self.skip_costs.to_dict()}
+
+    def static_fraction(self, forecast: str, compute: float) -> float:
+        """The step fraction of a static point of `forecast` that computes at most `compute`."""
+        return self.skip_costs.static_steps(forecast, compute, self.num_steps) / self.num_steps
 
 
 def _suggest(trial: optuna.Trial, space: SearchSpace) -> dict[str, Any]:

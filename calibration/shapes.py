@@ -72,14 +72,16 @@ def static_from_shape(params: dict[str, Any], space: SearchSpace, target: float,
     """The static point of `params`: ``round(target·N)`` computes at the quantiles of the density
     ∝ exp(−shape(p)), keeping `target` as its fraction at every step count."""
     n = space.num_steps
-    m = int(min(n, max(2, round(float(target) * n))))
+    forecast = str(params.get("forecast", space.forecasts[0]))
+    m = space.skip_costs.static_steps(forecast, target, n) if space.skip_costs.of(forecast) else \
+        int(min(n, max(2, round(float(target) * n))))
     grid = np.linspace(0.0, 1.0, 1001)
     density = np.exp(-np.clip(_shape(params, grid), -50.0, 50.0))
     cdf = np.concatenate([[0.0], np.cumsum(0.5 * (density[1:] + density[:-1]) * np.diff(grid))])
     cdf /= cdf[-1]
     positions = np.interp(np.linspace(0.0, 1.0, m), cdf, grid)
     schedule = StaticSchedule(tuple(float(p) for p in positions), m / n)
-    return OperatingPoint(name=name, schedule=schedule, forecast=str(params.get("forecast", space.forecasts[0])))
+    return OperatingPoint(name=name, schedule=schedule, forecast=forecast)
 
 
 def bisect_level(params: dict[str, Any], space: SearchSpace, nfe_of: Callable[[OperatingPoint], float],
@@ -203,10 +205,13 @@ class Twin:
                 "standard_error": self.standard_error, "runs": self.runs}
 
 
-def _with_fraction(point: OperatingPoint, target: float, name: str) -> OperatingPoint:
-    """A static point's shape at another compute fraction."""
+def _with_fraction(point: OperatingPoint, target: float, name: str, space: SearchSpace | None = None) -> OperatingPoint:
+    """A static point's shape at another compute fraction (fewer steps where its mode's skips cost
+    something: `space.skip_costs`)."""
     from dataclasses import replace
 
+    if space is not None and space.skip_costs.of(point.forecast):
+        target = space.static_fraction(point.forecast, target)
     return replace(point, name=name, schedule=StaticSchedule(point.schedule.compute_at, float(target)),
                    expected_nfe_fraction=None, expected_error=None, expected_nfe_by_steps=None)
 
@@ -225,14 +230,15 @@ def static_twin(study: optuna.Study, point: OperatingPoint, target: float, space
     from policies.schedule import evenly_spaced
 
     name = f"{point.name}-static"
-    options = [("uniform", OperatingPoint(name, schedule=evenly_spaced(target, space.num_steps),
+    even = space.static_fraction(point.forecast, target) if space.skip_costs.of(point.forecast) else target
+    options = [("uniform", OperatingPoint(name, schedule=evenly_spaced(even, space.num_steps),
                                           forecast=point.forecast))]
     static = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE
               and t.user_attrs.get("kind") == "static" and "point" in t.user_attrs]
     static = [t for t in static if trial_point(t, name).forecast == point.forecast]
     static.sort(key=lambda t: (abs(float(t.params.get("target", t.values[1])) - target), t.values[0]))
     for t in static[:candidates]:
-        options.append((f"search (trial {t.number})", _with_fraction(trial_point(t, name), target, name)))
+        options.append((f"search (trial {t.number})", _with_fraction(trial_point(t, name), target, name, space)))
     scored = [(calib.evaluate(predictors, p).error, i, origin, p) for i, (origin, p) in enumerate(options)]
     _, _, origin, twin = min(scored, key=lambda s: s[:2])
     twin_holdout = holdout.evaluate(predictors, twin)
