@@ -17,6 +17,14 @@ sample from another at the same step, which is what a per-sample decision needs.
 score (a = b = 1, c = d = 0) is measured on the same rows, and a mode whose fitted ρ falls below
 it is flagged (`below_paper`).
 
+Where the pooled fit drops the per-sample term (a ≈ 0: on toy-cogvideox and toy-ltx, plain
+reuse), the score is a function of the timestep alone and no threshold on it can decide per
+sample, although J_x·dx still ranks samples within a step there. Such a mode keeps a weight taken
+from the within-(step, lag) variation alone (a two-stage, fixed-effects fit: a from the samples'
+deviations from their step's mean, then b, d, c refit on what is left), shrunk until the pooled
+leave-runs-out ρ on the calibration runs stays within `RHO_SLACK` of the a = 0 fit's
+(`_per_sample_weight`); the holdout runs judge the result as they judge every fit.
+
 The residual change ``‖R_r − R_{r−1}‖`` (`steps.residual_change`) is reported as a candidate
 term (held-out quality with it added) but not shipped: the runtime does not compute it.
 """
@@ -25,6 +33,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -42,6 +51,66 @@ logger = logging.getLogger(__name__)
 TERMS = {"u": "a", "v": "b", "v2": "d"}
 #: a candidate term the report measures but the shipped predictor leaves out
 CANDIDATE = "rc"
+#: shrink factors tried, largest first, for the within-step weight of a mode whose pooled a = 0
+SHRINKS = (1.0, 0.5, 0.2, 0.1, 0.05)
+#: below this share of the mean score the pooled fit's per-sample term counts as dropped
+MIN_PER_SAMPLE_SHARE = 0.01
+#: how much pooled ρ (leave-runs-out, calibration runs) the per-sample weight may cost
+RHO_SLACK = 0.01
+
+Fitter = Callable[[pd.DataFrame, np.ndarray, np.ndarray], np.ndarray]
+
+
+def _pooled(rows: pd.DataFrame, X: np.ndarray, y: np.ndarray) -> np.ndarray:
+    return fit_nonneg_huber(X, y)
+
+
+def within_step_weight(rows: pd.DataFrame) -> float:
+    """The weight of u from its variation within each (step, lag) alone: the least-squares slope of
+    the samples' error deviations on their u deviations, each group weighted by 1 / its mean error²
+    (relative errors, as the pooled fit); >= 0."""
+    group = rows.groupby(["step", "lag"])
+    y = rows["error"].to_numpy(np.float64)
+    u = rows["u"].to_numpy(np.float64)
+    dy = y - group["error"].transform("mean").to_numpy(np.float64)
+    du = u - group["u"].transform("mean").to_numpy(np.float64)
+    w = 1.0 / np.maximum(group["error"].transform("mean").to_numpy(np.float64), 1e-12) ** 2
+    return max(0.0, float((w * du * dy).sum() / max(float((w * du * du).sum()), 1e-300)))
+
+
+def _fixed_weight(a: float) -> Fitter:
+    """A fitter that keeps u's weight at `a` and fits b, d, c on ``error − a·u`` (X: u, v, v2, 1)."""
+    def fit(rows: pd.DataFrame, X: np.ndarray, y: np.ndarray) -> np.ndarray:
+        return np.concatenate([[a], fit_nonneg_huber(X[:, 1:], y - a * X[:, 0])])
+    return fit
+
+
+def _per_sample_weight(rows: pd.DataFrame) -> tuple[Fitter, dict[str, Any]]:
+    """The pooled fitter, or, when it sets a ≈ 0 on the calibration runs (a·u below
+    `MIN_PER_SAMPLE_SHARE` of the mean score) while u ranks samples
+    within a step, a fixed-weight fitter (see the module docstring) and what was tried."""
+    calib = rows[rows["split"].astype(str).to_numpy() != "holdout"].reset_index(drop=True)
+    X = np.column_stack([calib[list(TERMS)].to_numpy(np.float64), np.ones(len(calib))])
+    y = calib["error"].to_numpy(np.float64)
+    if len(calib) < 3:
+        return _pooled, {}
+    beta = _pooled(calib, X, y)
+    share = float(np.mean(beta[0] * X[:, 0]) / max(float(np.mean(X @ beta)), 1e-300))
+    if share >= MIN_PER_SAMPLE_SHARE:
+        return _pooled, {}
+    u_rank = within_step_spearman(calib, calib["u"].to_numpy(np.float64))
+    weight = within_step_weight(calib)
+    record: dict[str, Any] = {"pooled_a": float(beta[0]), "pooled_share": share, "u_within_step_spearman": u_rank, "within_step_weight": weight}
+    if u_rank is None or u_rank <= 0 or weight <= 0 or calib["run_id"].nunique() < 2:
+        return _pooled, {**record, "kept": False}
+    calib = calib.assign(split="calib")  # leave-runs-out folds over the calibration runs only
+    base = _scores(calib, _held_out(calib, list(TERMS), _pooled)[0])["spearman"]
+    for shrink in SHRINKS:
+        fitter = _fixed_weight(weight * shrink)
+        rho = _scores(calib, _held_out(calib, list(TERMS), fitter)[0])["spearman"]
+        if base is None or (rho is not None and rho >= base - RHO_SLACK):
+            return fitter, {**record, "kept": True, "shrink": shrink, "calib_spearman": rho, "calib_spearman_a0": base}
+    return _pooled, {**record, "kept": False, "calib_spearman_a0": base}
 
 
 @dataclass(frozen=True)
@@ -62,6 +131,7 @@ class ModeFit:
     validation: str
     paper: dict[str, float | None] = field(default_factory=dict)
     with_residual_change: dict[str, float | None] = field(default_factory=dict)
+    per_sample_weight: dict[str, Any] = field(default_factory=dict)  # `_per_sample_weight`'s record
 
     @property
     def below_paper(self) -> bool:
@@ -119,7 +189,7 @@ def within_step_spearman(pairs: pd.DataFrame, pred: np.ndarray, min_samples: int
     return None if weight == 0 else total / weight
 
 
-def _held_out(pairs: pd.DataFrame, columns: list[str]) -> tuple[np.ndarray, np.ndarray, int, str]:
+def _held_out(pairs: pd.DataFrame, columns: list[str], fitter: Fitter = _pooled) -> tuple[np.ndarray, np.ndarray, int, str]:
     """Out-of-fold predictions (holdout split, else leave-runs-out) and the all-calib coefficients."""
     y = pairs["error"].to_numpy(np.float64)
     X = np.column_stack([pairs[columns].to_numpy(np.float64), np.ones(len(pairs))])
@@ -127,10 +197,10 @@ def _held_out(pairs: pd.DataFrame, columns: list[str]) -> tuple[np.ndarray, np.n
     preds = np.full(len(y), np.nan)
     n_train = 0
     for train, test in folds:
-        preds[test] = X[test] @ fit_nonneg_huber(X[train], y[train])
+        preds[test] = X[test] @ fitter(pairs[train], X[train], y[train])
         n_train = max(n_train, int(train.sum()))
     train_rows = pairs["split"].astype(str).to_numpy() != "holdout"
-    return preds, fit_nonneg_huber(X[train_rows], y[train_rows]), n_train, how
+    return preds, fitter(pairs[train_rows], X[train_rows], y[train_rows]), n_train, how
 
 
 def _scores(pairs: pd.DataFrame, pred: np.ndarray) -> dict[str, float | None]:
@@ -152,7 +222,8 @@ def fit_one_mode(pairs: pd.DataFrame, mode: str) -> ModeFit:
     rows = _usable(pairs[pairs["mode"] == mode], list(TERMS)).reset_index(drop=True)
     if len(rows) < 3:
         raise ValueError(f"reuse mode {mode!r}: {len(rows)} usable error rows, too few to fit a predictor")
-    preds, beta, n_train, how = _held_out(rows, list(TERMS))
+    fitter, per_sample = _per_sample_weight(rows)
+    preds, beta, n_train, how = _held_out(rows, list(TERMS), fitter)
     quality = _scores(rows, preds)
     tested = np.isfinite(preds)
     paper = _scores(rows, np.where(tested, rows["u"] + rows["v"], np.nan))
@@ -166,7 +237,7 @@ def fit_one_mode(pairs: pd.DataFrame, mode: str) -> ModeFit:
     fit = ModeFit(mode, a, b, c, d, quality["r2"], quality["r2_log"], quality["spearman"],
                   quality["within_step_spearman"], n_train, int(tested.sum()), how,
                   paper={k: paper[k] for k in ("spearman", "r2", "within_step_spearman")},
-                  with_residual_change=candidate)
+                  with_residual_change=candidate, per_sample_weight=per_sample)
     logger.info("predictor %-6s a=%.4g b=%.4g d=%.4g c=%.4g  held-out ρ=%s R²=%s within-step ρ=%s "
                 "(paper ρ=%s within-step %s)", mode, a, b, d, c, _fmt(fit.spearman), _fmt(fit.r2),
                 _fmt(fit.within_step_spearman), _fmt(paper["spearman"]), _fmt(paper["within_step_spearman"]))

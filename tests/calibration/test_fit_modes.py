@@ -80,3 +80,44 @@ def test_shipped_per_mode_predictors_are_not_worse_than_the_paper_score(name):
         if quality.get("fallback"):
             continue
         assert quality["spearman"] >= quality["paper"]["spearman"], f"{name}: {mode}"
+
+
+def _timestep_dominated_pairs(u_ranks_samples: bool, runs: int = 10, steps: int = 12):
+    """Errors set by the step (v) times a per-sample factor; u falls along the steps (so a pooled
+    non-negative fit gives it no weight) and, within a step, follows the per-sample factor or not."""
+    import pandas as pd
+
+    rng, unrelated = np.random.default_rng(0), np.random.default_rng(1)
+    rows = []
+    for run in range(runs):
+        for step in range(steps):
+            z = rng.normal()
+            other = unrelated.normal()
+            v = 0.1 * (step + 1)
+            u = (steps - step) * 0.3 + 0.02 * (z if u_ranks_samples else other) + 0.1
+            rows.append({"run_id": run, "step": step, "lag": 1, "mode": "none", "u": u, "v": v, "v2": v * v, "rc": np.nan,
+                         "error": v * (1.0 + 0.15 * z), "split": "holdout" if run >= runs - 4 else "calib"})
+    return pd.DataFrame(rows)
+
+
+def test_a_mode_whose_pooled_fit_drops_the_per_sample_term_keeps_a_within_step_weight():
+    # Fails on a fit that only pools: there a = 0 and the score cannot tell samples apart within a step.
+    from calibration.modefit import RHO_SLACK, _held_out, _scores, fit_one_mode
+
+    pairs = _timestep_dominated_pairs(u_ranks_samples=True)
+    calib = pairs[pairs["split"] == "calib"].reset_index(drop=True)
+    pooled = _held_out(calib.assign(split="calib"), ["u", "v", "v2"])
+    X = calib[["u", "v", "v2"]].to_numpy()
+    assert pooled[1][0] * X[:, 0].mean() < 0.01 * (X @ pooled[1][:3] + pooled[1][3]).mean()  # a ≈ 0 here
+    fit = fit_one_mode(pairs, "none")
+    assert fit.a > 10 * pooled[1][0] and fit.per_sample_weight["kept"] is True
+    assert fit.within_step_spearman is not None and fit.within_step_spearman > 0.5
+    pooled_rho = _scores(pairs, _held_out(pairs, ["u", "v", "v2"])[0])["spearman"]
+    assert fit.spearman >= pooled_rho - 3 * RHO_SLACK
+
+
+def test_no_within_step_weight_where_u_does_not_rank_samples():
+    from calibration.modefit import fit_one_mode
+
+    fit = fit_one_mode(_timestep_dominated_pairs(u_ranks_samples=False), "none")
+    assert fit.a < 1e-3 and fit.per_sample_weight.get("kept") is not True
