@@ -31,7 +31,9 @@ import optuna
 
 from calibration.compute_cost import CostedObjective, SkipCosts, measure_skip_costs
 from calibration.fitdata import FitData, load_fit_data
-from calibration.objectives import Objective, ReplayObjective, RerunObjective, RunSpec
+from calibration.objectives import Objective, RerunObjective, RunSpec
+from calibration.replay import ReplayObjective
+from calibration.replay_trust import replay_trust, warn_if_thin
 from calibration.regression import compare_predictors, fit_predictor
 from calibration.search import SearchSpace, open_study, pareto_front, point_from_params, run_search, warm_starts
 from calibration.modefit import below_paper, fit_modes
@@ -138,8 +140,12 @@ class _Objectives:
             gains = self.data.gain_curve()
             steps = self.data.steps[self.data.steps["run_id"].isin(ids)]
             errors = self.data.cache_errors[self.data.cache_errors["run_id"].isin(ids)]
+            reuse = self.data.reuse_errors
+            reuse = reuse[reuse["run_id"].isin(ids)] if len(reuse) else None
+            prop = self.data.propagation
+            prop = prop[prop["run_id"].isin(ids) & np.isfinite(prop["gain"]) & (prop["gain"] > 0)] if len(prop) else None
             pos, g = gains if gains is not None else (None, None)
-            return ReplayObjective(self.table, steps, errors, g, pos)
+            return ReplayObjective(self.table, steps, errors, g, pos, reuse_errors=reuse, run_gains=prop)
         loaded = self._pipe()
         accepted = set(inspect.signature(loaded.pipe.__call__).parameters)
         base = {k: v for k, v in loaded.call_args.items() if k != "num_inference_steps"}
@@ -362,6 +368,9 @@ def fit(
     data = load_fit_data(db, model)
     kind = objective or _default_objective(data, model)
     validate_kind = validate or kind
+    trust = replay_trust(data)
+    if "replay" in (kind, validate_kind):
+        warn_if_thin(trust, data.path)
     table = data.sensitivity_table()
     pairs = data.pairs(table)
     predictor_fit = fit_predictor(pairs)
@@ -378,8 +387,10 @@ def fit(
 
     calib = pairs[pairs["split"] == "calib"]
     scores = predictor.a * calib["u"] + predictor.b * calib["v"] + predictor.c
-    # Forecasting is searched only where trials re-run the model: the store measured plain reuse.
-    forecasts = ("none", "linear", "taylor") if kind == "rerun" else ("none",)
+    # Replay searches the reuse modes the store measured (its errors score each mode's points).
+    measured_modes = set(data.reuse_errors["mode"].astype(str)) if len(data.reuse_errors) else set()
+    forecasts = ("none", "linear", "taylor") if kind == "rerun" else \
+        tuple(m for m in ("none", "linear", "taylor") if m == "none" or m in measured_modes)
     objectives = _Objectives(kind, data, table, model)
     costs = _skip_costs(objectives if "rerun" in (kind, validate_kind) else None, forecasts)
     space = SearchSpace.from_scores(scores.to_numpy(np.float64), knots, data.num_steps, forecasts=forecasts,
@@ -487,6 +498,7 @@ def fit(
         "operating_points": points,
         "default_operating_point": "balanced" if "balanced" in targets else next(iter(targets)),
         "validation": validation,
+        "replay_trust": trust.to_dict(),
         "references": references,
     }
     path = fit_result_path(data.path)

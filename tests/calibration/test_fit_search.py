@@ -10,7 +10,7 @@ import pytest
 
 from calibration.fit import fit, fit_result_path, paper_point, uniform_point
 from calibration.fitdata import load_fit_data
-from calibration.objectives import ReplayObjective
+from calibration.replay import ReplayObjective
 from calibration.search import SearchSpace, point_from_params, warm_starts
 from policies import EpsSchedule, OperatingPoint, Predictor
 from tests.calibration.test_fit_store import make_store

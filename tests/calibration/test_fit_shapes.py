@@ -7,7 +7,7 @@ import pytest
 
 from calibration.fit import fit
 from calibration.fitdata import load_fit_data
-from calibration.objectives import ReplayObjective
+from calibration.replay import ReplayObjective
 from calibration.search import SearchSpace
 from calibration.shapes import bisect_level, shape_point, shape_warm_starts, static_from_shape
 from policies import Policy, Predictor

@@ -49,6 +49,7 @@ def make_store(
     noise: float = 0.05,
     call: dict | None = None,
     modes: bool = True,
+    propagation: bool = True,
 ) -> Path:
     """Write `runs` calib + `holdout` holdout runs of the synthetic model to a new store."""
     store = CalibrationStore(path)
@@ -79,7 +80,8 @@ def make_store(
             "mag_ratio": 1.0 + d * 0.1, "residual_change": np.r_[np.nan, d[1:] * 0.5],
         })
         sens = pd.DataFrame({"step": np.arange(n), "J_x": j_x(t), "J_t": np.full(n, 0.001)}) if sensitivities else None
-        prop = pd.DataFrame({"step": np.arange(n), "gain": 10.0 * np.exp(-3.0 * np.arange(n) / (n - 1))})
+        prop = pd.DataFrame({"step": np.arange(n), "gain": 10.0 * np.exp(-3.0 * np.arange(n) / (n - 1))}) \
+            if propagation else None
         run = {
             "model_name": model_name, "model_fingerprint": fingerprint, "pipeline_class": "WanPipeline",
             "scheduler_class": "FlowMatchEulerDiscreteScheduler", "scheduler_config": {"shift": 3.0},

@@ -1,0 +1,199 @@
+"""Replay: score a candidate operating point on stored trajectories, with no model run.
+
+A real checkpoint cannot afford a re-run per trial, so replay is the fit large models get, and it
+must rank candidates as re-runs do. Each step's decision is taken by `sencache.rule.decide`
+itself, fed the stored latent and timestep changes from the reference step, so replay and the
+runtime cannot disagree about *what* is skipped. What a skip costs in final error:
+
+* **the point's own reuse mode's error** — ``e_m(r, k)`` from `reuse_errors`, the measured output
+  error of mode m (plain reuse, the linear residual forecast, the module-level Taylor forecast)
+  reusing step r at step r + k; a store without `reuse_errors` gives every mode the plain-reuse
+  error (`cache_errors.residual_error`), and the trust report says so. The store measures a
+  forecast from r and r − 1; at inference the forecast's second point is the previous *computed*
+  step, which is r − 1 only when that step computed (`calibration.replay_trust` notes it).
+* **its propagation to the final output** — the gain G(p) measured by the perturbed runs of
+  `collect --propagation`: per run where the run has its own measured positions (the gain varies
+  between samples), else the median curve over runs, else 1.
+* **how the skips add up** (`COMPOUNDING`): ``"segments"`` (default): the skips of one reference
+  reuse the same stale value, so their errors point the same way and add linearly within the run
+  of skips; runs of skips from different references are independent and add in quadrature.
+  ``"linear"`` sums every skip (the earlier rule) and ``"quadrature"`` adds every skip in
+  quadrature; `benchmarks/replay_vs_rerun.py` measures all three against re-runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+
+from calibration.objectives import Evaluation, rule_params_for
+from policies import OperatingPoint, Predictor, SensitivityTable
+from sencache.rule import RuleParams, decide
+
+__all__ = ["COMPOUNDING", "ReplayObjective", "compound"]
+
+COMPOUNDING = ("segments", "linear", "quadrature")
+
+
+@dataclass
+class _ReplayGroup:
+    """Runs of one step count, as arrays: timesteps [B, N], dx/dt [B, N, L+1] and per mode the
+    error [B, N, L+1] by (ref, lag), the propagation gain [B, N] by step."""
+
+    num_steps: int
+    run_ids: list
+    timesteps: np.ndarray
+    dx: np.ndarray
+    dt: np.ndarray
+    err: dict[str, np.ndarray]
+    gain: np.ndarray
+
+
+def compound(contributions: np.ndarray, segment: np.ndarray, rule: str) -> np.ndarray:
+    """Final error per run from per-step contributions G·e [B, N] (0 where the step computed) and
+    each step's segment id [B, N] (the reference it reused), by `rule` (`COMPOUNDING`)."""
+    if rule == "linear":
+        return contributions.sum(axis=1)
+    if rule == "quadrature":
+        return np.sqrt((contributions**2).sum(axis=1))
+    if rule != "segments":
+        raise ValueError(f"compounding must be one of {COMPOUNDING}, got {rule!r}")
+    out = np.zeros(contributions.shape[0])
+    for b in range(contributions.shape[0]):
+        sums = np.bincount(segment[b], weights=contributions[b], minlength=contributions.shape[1])
+        out[b] = float(np.sqrt((sums**2).sum()))
+    return out
+
+
+def _gains(runs: list, n: int, gains: np.ndarray | None, positions: np.ndarray | None,
+           run_gains: pd.DataFrame | None) -> np.ndarray:
+    p = np.arange(n) / max(n - 1, 1)
+    median = np.ones(n) if gains is None else np.interp(p, positions, gains)
+    out = np.tile(median, (len(runs), 1))
+    if run_gains is None or run_gains.empty:
+        return out
+    by_run = {run: df.sort_values("step") for run, df in run_gains.groupby("run_id")}
+    for j, run in enumerate(runs):
+        df = by_run.get(run)
+        if df is None or len(df) < 2:
+            continue
+        out[j] = np.interp(p, df["step"].to_numpy(np.float64) / max(n - 1, 1), df["gain"].to_numpy(np.float64))
+    return out
+
+
+class ReplayObjective:
+    """Simulate the rule on stored trajectories (see the module docstring)."""
+
+    kind = "replay"
+
+    def __init__(
+        self,
+        table: SensitivityTable,
+        steps: pd.DataFrame,
+        cache_errors: pd.DataFrame,
+        gains: np.ndarray | None = None,
+        gain_positions: np.ndarray | None = None,
+        reuse_errors: pd.DataFrame | None = None,
+        run_gains: pd.DataFrame | None = None,
+        compounding: str = "segments",
+    ) -> None:
+        """`steps`: ``run_id, step, timestep``; `cache_errors`: ``run_id, step, lag, dx, dt,
+        residual_error``; `reuse_errors`: ``run_id, step, lag, mode, error``; `gains` at
+        `gain_positions` (normalised p), the median curve; `run_gains`: ``run_id, step, gain``."""
+        if compounding not in COMPOUNDING:
+            raise ValueError(f"compounding must be one of {COMPOUNDING}, got {compounding!r}")
+        if cache_errors.empty:
+            raise ValueError("replay needs stored cache errors")
+        self.table = table
+        self.compounding = compounding
+        self.max_lag = int(cache_errors["lag"].max())
+        self.modes = ("none",) if reuse_errors is None or reuse_errors.empty else \
+            tuple(sorted(set(reuse_errors["mode"].astype(str)) | {"none"}))
+        self.groups = self._groups(steps, cache_errors, reuse_errors, gains, gain_positions, run_gains)
+
+    def _groups(self, steps, errors, reuse, gains, positions, run_gains) -> list[_ReplayGroup]:
+        n_of = steps.groupby("run_id")["step"].max() + 1
+        lags = self.max_lag + 1
+        by_run = {run: df for run, df in errors.groupby("run_id")}
+        reuse_by = {} if reuse is None or reuse.empty else {key: df for key, df in reuse.groupby(["run_id", "mode"])}
+        t_by_run = {run: df.sort_values("step")["timestep"].to_numpy(np.float64) for run, df in steps.groupby("run_id")}
+        groups: list[_ReplayGroup] = []
+        for n, runs in n_of.groupby(n_of):
+            run_ids = [r for r in runs.index if r in by_run and len(t_by_run[r]) == n]
+            if not run_ids:
+                continue
+            shape = (len(run_ids), n, lags)
+            dx, dt = np.full(shape, np.nan), np.full(shape, np.nan)
+            err = {m: np.full(shape, np.nan) for m in self.modes}
+            for j, run in enumerate(run_ids):
+                df = by_run[run]
+                s, k = df["step"].to_numpy(int), df["lag"].to_numpy(int)
+                ok = (s >= 0) & (s < n) & (k >= 1) & (k < lags)
+                dx[j, s[ok], k[ok]] = df["dx"].to_numpy(np.float64)[ok]
+                dt[j, s[ok], k[ok]] = df["dt"].to_numpy(np.float64)[ok]
+                err["none"][j, s[ok], k[ok]] = df["residual_error"].to_numpy(np.float64)[ok]
+                for mode in self.modes:
+                    measured = reuse_by.get((run, mode))
+                    if measured is None:
+                        continue
+                    s, k = measured["step"].to_numpy(int), measured["lag"].to_numpy(int)
+                    ok = (s >= 0) & (s < n) & (k >= 1) & (k < lags)
+                    err[mode][j, s[ok], k[ok]] = measured["error"].to_numpy(np.float64)[ok]
+            timesteps = np.stack([t_by_run[r] for r in run_ids])
+            gain = _gains(run_ids, int(n), gains, positions, run_gains)
+            groups.append(_ReplayGroup(int(n), run_ids, timesteps, dx, dt, err, gain))
+        if not groups:
+            raise ValueError("no run has both per-step timesteps and cache errors")
+        return groups
+
+    def evaluate(self, predictor: Predictor, point: OperatingPoint) -> Evaluation:
+        params = rule_params_for(predictor, self.table, point)
+        mode = point.forecast if point.forecast in self.modes else "none"
+        errors: list[float] = []
+        nfes: list[float] = []
+        for g in self.groups:
+            contributions, segment, computed = _replay_group(params, g, g.err[mode])
+            errors.extend(compound(contributions, segment, self.compounding).tolist())
+            nfes.extend(computed.tolist())
+        return Evaluation(float(np.mean(errors)), float(np.mean(nfes)), errors, nfes)
+
+
+def _replay_group(params: RuleParams, g: _ReplayGroup, err: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Run `decide` step by step for every run of the group; returns the per-step contributions
+    G·e [B, N], each step's reference [B, N] and the fraction computed [B].
+
+    The rule sees ``x = [dx]`` against ``ref_x = [0]``, whose RMS difference is exactly the stored
+    ``‖x_i − x_r‖``; the timesteps are the stored ones. A lag the store does not cover gives a NaN
+    score, which never passes ``S ≤ ε``, so the step computes.
+    """
+    b, n = g.timesteps.shape
+    rows = np.arange(b)
+    ref = np.zeros(b, dtype=int)
+    computed = np.zeros(b)
+    contributions = np.zeros((b, n))
+    segment = np.zeros((b, n), dtype=int)
+    ref_t = skips = None
+    zeros = torch.zeros(b, 1, dtype=torch.float64)
+    for i in range(n):
+        lag = i - ref
+        in_range = (lag >= 1) & (lag < g.dx.shape[2])
+        safe = np.where(in_range, lag, 0)
+        dx = np.where(in_range, g.dx[rows, ref, safe], np.nan)
+        t_now = torch.from_numpy(g.timesteps[:, i].copy())
+        decision = decide(params, i, n, torch.from_numpy(dx.reshape(b, 1)), t_now,
+                          None if ref_t is None else zeros, ref_t, skips)
+        compute = decision.compute.numpy()
+        skipped = ~compute
+        if skipped.any():
+            local = np.where(skipped, err[rows, ref, safe], 0.0)
+            contributions[:, i] = np.nan_to_num(local, nan=0.0) * g.gain[:, i]
+        segment[:, i] = ref
+        computed += compute
+        ref = np.where(compute, i, ref)
+        ref_t = torch.from_numpy(g.timesteps[rows, ref].copy())
+        prev = np.zeros(b, dtype=np.int64) if skips is None else skips.numpy()
+        skips = torch.from_numpy(np.where(compute, 0, prev + 1).astype(np.int64))
+    return contributions, segment, computed / n

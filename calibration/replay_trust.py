@@ -1,0 +1,86 @@
+"""How far a replay fit on this store can be trusted, and what to collect when it cannot.
+
+Replay (`calibration.replay`) estimates a candidate's final error from three things the store
+must hold: each reuse mode's measured errors, the propagation gain G(p) that carries a step's
+error to the final output, and enough runs for both. Without propagation rows every step weighs
+the same, and the ranking of early against late skips (which is what the search decides) is a
+guess: on toy-cogvideox a replay with 3 propagation points underestimated the final error 27×.
+`replay_trust` states the coverage, and `fit` writes it to its result and warns, with the
+`collect` command that adds what is missing, when it is thin.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+__all__ = ["MIN_PROPAGATION_POSITIONS", "ReplayTrust", "replay_trust"]
+
+logger = logging.getLogger(__name__)
+
+#: fewer measured positions than this and G(p) is interpolated over too long a stretch
+MIN_PROPAGATION_POSITIONS = 6
+#: the reuse modes replay can score with their own errors
+MODES = ("none", "linear", "taylor")
+
+
+@dataclass(frozen=True)
+class ReplayTrust:
+    """A store's coverage for replay, the problems found and the command that mends them."""
+
+    runs: int
+    runs_with_propagation: int
+    propagation_positions: int
+    modes_measured: tuple[str, ...]
+    max_lag: int
+    problems: list[str] = field(default_factory=list)
+    remedy: str | None = None
+
+    @property
+    def thin(self) -> bool:
+        return bool(self.problems)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "modes_measured": list(self.modes_measured), "thin": self.thin}
+
+
+def replay_trust(data: Any) -> ReplayTrust:
+    """The coverage of `data` (a `calibration.fitdata.FitData`) for a replay fit."""
+    runs = int(data.runs["run_id"].nunique())
+    prop = data.propagation
+    if len(prop):
+        prop = prop[np.isfinite(prop["gain"]) & (prop["gain"] > 0)]
+    with_prop = int(prop["run_id"].nunique()) if len(prop) else 0
+    positions = int(prop["step"].nunique()) if len(prop) else 0
+    reuse = data.reuse_errors
+    modes = tuple(m for m in MODES if len(reuse) and m in set(reuse["mode"].astype(str)))
+    max_lag = int(data.cache_errors["lag"].max()) if len(data.cache_errors) else 0
+    problems = []
+    if with_prop == 0:
+        problems.append("no propagation rows: every skipped step's error counts the same wherever it lies")
+    elif positions < MIN_PROPAGATION_POSITIONS:
+        problems.append(f"propagation measured at {positions} step(s), fewer than {MIN_PROPAGATION_POSITIONS}")
+    if 0 < with_prop < runs / 2:
+        problems.append(f"propagation measured on {with_prop} of {runs} runs")
+    missing = [m for m in MODES if m not in modes]
+    if missing:
+        problems.append(f"no measured errors of reuse mode(s) {', '.join(missing)}: replay cannot search them")
+    remedy = None
+    if problems:
+        steps = int(data.num_steps)
+        remedy = (f"sencache-calibrate collect --model {data.model_name} --prompts <your prompts> --seeds 1 "
+                  f"--steps {steps} --propagation 8 --db <a new store>.duckdb")
+    return ReplayTrust(runs, with_prop, positions, modes, max_lag, problems, remedy)
+
+
+def warn_if_thin(trust: ReplayTrust, store: Any) -> None:
+    """Log the coverage, and a warning with the remedy when it is thin."""
+    logger.info("replay coverage of %s: %d runs, propagation on %d at %d steps, modes %s, lags 1..%d", store,
+                trust.runs, trust.runs_with_propagation, trust.propagation_positions,
+                ", ".join(trust.modes_measured) or "none (plain reuse from cache_errors)", trust.max_lag)
+    if trust.thin:
+        logger.warning("a replay fit on %s is not to be trusted as it stands: %s. Collect what is missing: `%s`",
+                       store, "; ".join(trust.problems), trust.remedy)

@@ -1,0 +1,95 @@
+"""Replay scores a point with its own reuse mode's errors, compounds them as stated, and says when
+its store is too thin to trust."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from calibration.fitdata import load_fit_data
+from calibration.replay import ReplayObjective, compound
+from calibration.replay_trust import replay_trust
+from policies import OperatingPoint, Predictor, evenly_spaced
+
+PREDICTOR = Predictor(1.0, 1.0, 0.0)
+from tests.calibration.test_fit_store import make_store
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return load_fit_data(make_store(tmp_path_factory.mktemp("replay") / "r.duckdb", runs=4, holdout=2))
+
+
+def _replay(data, cache_errors=None, reuse=None, **kw) -> ReplayObjective:
+    cache_errors = data.cache_errors if cache_errors is None else cache_errors
+    reuse = data.reuse_errors if reuse is None else reuse
+    return ReplayObjective(data.sensitivity_table(), data.steps, cache_errors, reuse_errors=reuse, **kw)
+
+
+def _even(forecast: str = "none") -> OperatingPoint:
+    return OperatingPoint("p", schedule=evenly_spaced(0.5, 12), forecast=forecast)
+
+
+def test_runs_whose_measured_errors_are_zero_replay_to_zero_error(data):
+    zero_cache = data.cache_errors.assign(residual_error=0.0)
+    zero_reuse = data.reuse_errors.assign(error=0.0)
+    for rule in ("segments", "linear", "quadrature"):
+        replay = _replay(data, zero_cache, zero_reuse, compounding=rule)
+        for forecast in ("none", "linear"):
+            result = replay.evaluate(PREDICTOR, _even(forecast))
+            assert result.error == 0.0 and result.nfe_fraction == pytest.approx(0.5)
+
+
+def test_a_linear_point_is_scored_with_the_linear_errors(data):
+    # Fails when replay scores every mode with the plain-reuse errors (as it used to).
+    replay = _replay(data)
+    plain = replay.evaluate(PREDICTOR, _even("none")).error
+    linear = replay.evaluate(PREDICTOR, _even("linear")).error
+    assert linear != pytest.approx(plain)
+    scaled = _replay(data, reuse=data.reuse_errors.assign(
+        error=np.where(data.reuse_errors["mode"] == "linear", 2 * data.reuse_errors["error"], data.reuse_errors["error"])))
+    assert scaled.evaluate(PREDICTOR, _even("linear")).error == pytest.approx(2 * linear)
+    assert scaled.evaluate(PREDICTOR, _even("none")).error == pytest.approx(plain)
+
+
+def test_compounding_adds_within_a_reference_and_in_quadrature_across():
+    contributions = np.array([[0.0, 1.0, 1.0, 0.0, 2.0]])
+    segment = np.array([[0, 0, 0, 3, 3]])  # steps 1, 2 reuse step 0; step 4 reuses step 3
+    assert compound(contributions, segment, "segments")[0] == pytest.approx(np.hypot(2.0, 2.0))
+    assert compound(contributions, segment, "linear")[0] == pytest.approx(4.0)
+    assert compound(contributions, segment, "quadrature")[0] == pytest.approx(np.sqrt(6.0))
+    with pytest.raises(ValueError, match="compounding"):
+        compound(contributions, segment, "cubic")
+
+
+def test_a_runs_own_propagation_gain_weighs_its_steps(data):
+    run = sorted(data.steps["run_id"].unique())[0]
+    flat = _replay(data)
+    gains = pd.DataFrame({"run_id": [run, run], "step": [0, 11], "gain": [3.0, 3.0]})
+    weighted = _replay(data, run_gains=gains)
+    a, b = flat.evaluate(PREDICTOR, _even()), weighted.evaluate(PREDICTOR, _even())
+    index = [r for g in flat.groups for r in g.run_ids].index(run)
+    assert b.per_run_error[index] == pytest.approx(3 * a.per_run_error[index])
+    others = [i for i in range(len(a.per_run_error)) if i != index]
+    assert [b.per_run_error[i] for i in others] == pytest.approx([a.per_run_error[i] for i in others])
+
+
+def test_a_store_without_propagation_rows_warns_with_the_command_that_adds_them(data, tmp_path, caplog):
+    from calibration.fit import fit
+
+    covered = replay_trust(data)
+    assert covered.runs_with_propagation == 6 and covered.propagation_positions == 12
+    assert not any("propagation" in p for p in covered.problems)
+    db = make_store(tmp_path / "thin.duckdb", runs=4, holdout=2, propagation=False)
+    trust = replay_trust(load_fit_data(db))
+    assert trust.runs_with_propagation == 0 and trust.thin
+    assert "--propagation" in trust.remedy and "collect" in trust.remedy
+    with caplog.at_level(logging.WARNING):
+        result = fit(db, trials=2, objective="replay", show_progress=False, plot=False)
+    warned = [r.getMessage() for r in caplog.records if "not to be trusted" in r.getMessage()]
+    assert warned and "--propagation 8" in warned[0] and "no propagation rows" in warned[0]
+    assert result["replay_trust"]["thin"] is True
+    assert result["search_space"]["forecasts"] == ["none", "linear"]  # the modes the store measured
