@@ -14,6 +14,9 @@ runtime cannot disagree about *what* is skipped. What a skip costs in final erro
 * **its propagation to the final output** — the gain G(p) measured by the perturbed runs of
   `collect --propagation`: per run where the run has its own measured positions (the gain varies
   between samples), else the median curve over runs, else 1.
+* **skips past the store's largest lag K** (a static schedule may leave longer gaps than K
+  allows a score-driven point): ``e(r, K)·lag/K``, the largest measured lag's error grown
+  linearly, rather than nothing.
 * **how the skips add up** (`COMPOUNDING`): ``"segments"`` (default): the skips of one reference
   reuse the same stale value, so their errors point the same way and add linearly within the run
   of skips; runs of skips from different references are independent and add in quadrature.
@@ -188,7 +191,10 @@ def _replay_group(params: RuleParams, g: _ReplayGroup, err: np.ndarray) -> tuple
         compute = decision.compute.numpy()
         skipped = ~compute
         if skipped.any():
-            local = np.where(skipped, err[rows, ref, safe], 0.0)
+            # a static schedule may skip past the store's largest lag K: extrapolate e(r, K)·lag/K
+            top = g.dx.shape[2] - 1
+            beyond = err[rows, ref, np.full(b, top)] * (lag / max(top, 1))
+            local = np.where(skipped, np.where(in_range, err[rows, ref, safe], beyond), 0.0)
             contributions[:, i] = np.nan_to_num(local, nan=0.0) * g.gain[:, i]
         segment[:, i] = ref
         computed += compute

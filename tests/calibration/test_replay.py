@@ -93,3 +93,14 @@ def test_a_store_without_propagation_rows_warns_with_the_command_that_adds_them(
     assert warned and "--propagation 8" in warned[0] and "no propagation rows" in warned[0]
     assert result["replay_trust"]["thin"] is True
     assert result["search_space"]["forecasts"] == ["none", "linear"]  # the modes the store measured
+
+
+def test_a_static_gap_past_the_stores_largest_lag_still_costs_error(data):
+    # Fails when replay counts a skip beyond the measured lags as free (NaN → 0).
+    top = int(data.cache_errors["lag"].max())
+    only_top = data.cache_errors.assign(residual_error=np.where(data.cache_errors["lag"] == top, 1.0, 0.0))
+    replay = _replay(data, only_top, data.reuse_errors.iloc[0:0], compounding="linear")
+    long_gap = OperatingPoint("gap", schedule=evenly_spaced(0.1, 12))  # steps 0 and 11: lags 1..10, K = 4
+    # lag K costs 1; lags K+1..10 cost lag/K each when extrapolated
+    expected = 1.0 + sum(k / top for k in range(top + 1, 11))
+    assert replay.evaluate(PREDICTOR, long_gap).error == pytest.approx(expected)

@@ -1,0 +1,175 @@
+"""Does replay rank candidate operating points as re-runs do? And what does a replay fit cost?
+
+Per toy: draws `--candidates` points of the kind the fit's smooth search considers (score-driven
+shapes with their level bisected to a drawn target compute, and static schedules; every reuse
+mode the store measured, K, zones), scores each by replay (`calibration.replay`, under each
+compounding rule) and by re-run on the store's calibration runs, and prints Spearman ρ between
+replay and re-run errors, their ratio by where the skipped steps lie, and, with `--regret`, the
+PSNR at 0.5 and 0.4 of compute on held-out prompts (4 × 2 seeds, the bench's) of a policy fitted
+with `--objective replay` against the re-run-fitted one given by `--rerun-policy`.
+
+    OMP_NUM_THREADS=1 python benchmarks/replay_vs_rerun.py --model toy-wan --db runs/toy-wan.duckdb \
+        [--candidates 30] [--regret --rerun-policy policies/toy-wan.json]
+
+The store is copied before the replay fit; the one given is never written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy.stats import spearmanr
+
+from calibration.fit import _Objectives
+from calibration.fitdata import load_fit_data
+from calibration.modefit import fit_modes
+from calibration.replay import COMPOUNDING, ReplayObjective
+from calibration.search import SearchSpace
+from calibration.shapes import KINDS, bisect_level, shape_point, static_from_shape
+from policies.operating import FORECASTS
+
+FRACTIONS = (0.5, 0.4)
+
+
+def draw_params(rng: np.random.Generator, space: SearchSpace) -> dict:
+    """One candidate's parameters, drawn over the smooth search's ranges (`calibration.shapes`)."""
+    return {"kind": str(rng.choice(list(KINDS))), "target": float(rng.uniform(0.3, 0.85)),
+            "tilt": float(rng.uniform(-4, 4)), "bump": float(rng.uniform(-4, 4)), "bump_at": float(rng.uniform(0.1, 0.9)),
+            "max_skips": int(rng.integers(1, space.max_k + 1)), "warmup": int(rng.integers(0, space.max_warmup + 1)),
+            "final": int(rng.integers(0, space.max_final + 1)), "forecast": str(rng.choice(list(space.forecasts)))}
+
+
+def skip_position(point, num_steps: int) -> float:
+    """Where a static point's skips lie on average (p in [0, 1]); NaN for a score-driven point."""
+    if point.schedule is not None:
+        n = num_steps
+        computed = set(point.schedule.steps(n))
+        skipped = [i / (n - 1) for i in range(n) if i not in computed]
+        return float(np.mean(skipped)) if skipped else 0.5
+    return float("nan")
+
+
+def _psnr_at(bench_dir: Path) -> dict[float, float | None]:
+    from calibration.bench_report import matched
+
+    result = json.loads((bench_dir / "bench.json").read_text())
+    table = matched(result["results"], FRACTIONS)
+    return {f: table[f].get("sencache", {}).get("psnr") if table[f].get("sencache", {}).get("reached") else None
+            for f in FRACTIONS}
+
+
+def regret(model: str, db: Path, rerun_policy: Path, trials: int, seed: int, work: Path) -> dict:
+    store = work / f"{model}.duckdb"
+    shutil.copy(db, store)
+    cli = [sys.executable, "-m", "cli", "--quiet"]
+    subprocess.run([*cli, "fit", "--db", str(store), "--trials", str(trials), "--seed", str(seed), "--knots", "12",
+                    "--objective", "replay"], check=True)
+    replay_policy = work / f"{model}-replay.json"
+    subprocess.run([*cli, "export", "--db", str(store), "--out", str(replay_policy)], check=True)
+    out = {}
+    for name, policy in (("replay", replay_policy), ("rerun", rerun_policy)):
+        bench = work / f"bench-{name}"
+        subprocess.run([*cli, "bench", "--model", model, "--policy", str(policy), "--methods", "none,sencache",
+                        "--seeds", "2", "--out", str(bench)], check=True)
+        out[name] = _psnr_at(bench)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser.add_argument("--model", default="toy-wan")
+    parser.add_argument("--db", type=Path, required=True, help="the model's calibration store (read only)")
+    parser.add_argument("--candidates", type=int, default=30)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--regret", action="store_true", help="also fit by replay and bench it against --rerun-policy")
+    parser.add_argument("--rerun-policy", type=Path, help="the re-run-fitted policy (e.g. policies/toy-wan.json)")
+    parser.add_argument("--trials", type=int, default=40, help="trials of the replay fit (with --regret)")
+    args = parser.parse_args()
+    if args.regret and args.rerun_policy is None:
+        parser.error("--regret needs --rerun-policy")
+    torch.set_num_threads(1)
+    logging.basicConfig(level=logging.WARNING)
+    work = Path(tempfile.mkdtemp(prefix="replay-vs-rerun-"))
+    db = work / "read.duckdb"
+    shutil.copy(args.db, db)
+    data = load_fit_data(db, args.model)
+    table = data.sensitivity_table()
+    fits = fit_modes(data.mode_pairs(table), FORECASTS)
+    predictors = {m: fits[m].predictor() for m in fits}
+    predictors.update({m: predictors["none"] for m in FORECASTS if m not in predictors})
+    calib = data.pairs(table)
+    calib = calib[calib["split"] == "calib"]
+    scores = predictors["none"].a * calib["u"] + predictors["none"].b * calib["v"] + predictors["none"].c
+    measured = tuple(m for m in FORECASTS if m == "none" or m in set(data.reuse_errors["mode"].astype(str)))
+    space = SearchSpace.from_scores(scores.to_numpy(np.float64), 12, data.num_steps, forecasts=measured)
+    base = _Objectives("replay", data, table, args.model).for_split("calib")
+    replays = {rule: _with_rule(base, rule) for rule in COMPOUNDING}
+    rerun = _Objectives("rerun", data, table, args.model).for_split("calib")
+    rng = np.random.default_rng(args.seed)
+    rows = []
+    for index in range(args.candidates):
+        params = draw_params(rng, space)
+        nfe_of = lambda p: replays["segments"].evaluate(predictors, p).nfe_fraction  # noqa: E731
+        point = static_from_shape(params, space, params["target"]) if params["kind"] == "static" else \
+            shape_point(params, space, bisect_level(params, space, nfe_of, params["target"], 8))
+        real = rerun.evaluate(predictors, point)
+        row = {"candidate": index, "kind": params["kind"], "forecast": point.forecast, "nfe": real.nfe_fraction,
+               "rerun": real.error, "position": skip_position(point, data.num_steps)}
+        for rule, replay in replays.items():
+            row[rule] = replay.evaluate(predictors, point).error
+        rows.append(row)
+        print(f"{index:3d} {row['kind']:7s} {row['forecast']:6s} nfe {row['nfe']:.2f} rerun {row['rerun']:.4g} "
+              + " ".join(f"{r} {row[r]:.4g}" for r in COMPOUNDING), flush=True)
+    rerun_err = np.array([r["rerun"] for r in rows])
+    print(f"\n## {args.model}: replay vs re-run over {len(rows)} candidates (calibration runs)\n")
+    print("| compounding | Spearman ρ | median replay/re-run | ratio, skips early / mid / late (static points) |")
+    print("|---|---|---|---|")
+    for rule in COMPOUNDING:
+        rep = np.array([r[rule] for r in rows])
+        rho = spearmanr(rep, rerun_err).statistic
+        ratio = rep / np.maximum(rerun_err, 1e-12)
+        pos = np.array([r["position"] for r in rows])
+        bins = []
+        for lo, hi in ((0, 1 / 3), (1 / 3, 2 / 3), (2 / 3, 1.01)):
+            sel = (pos >= lo) & (pos < hi)
+            bins.append(f"{np.median(ratio[sel]):.2f}" if sel.any() else "—")
+        print(f"| {rule} | {rho:.3f} | {np.median(ratio):.2f} | {' / '.join(bins)} |")
+    for mode in sorted({r["forecast"] for r in rows}):
+        sel = [r for r in rows if r["forecast"] == mode]
+        if len(sel) >= 3:
+            rho = spearmanr([r["segments"] for r in sel], [r["rerun"] for r in sel]).statistic
+            print(f"  forecast {mode}: ρ {rho:.3f} over {len(sel)} candidates (segments)")
+    if args.regret:
+        psnr = regret(args.model, args.db, args.rerun_policy, args.trials, args.seed, work)
+        print(f"\n| {args.model} | " + " | ".join(
+            f"NFE {f}: replay-fit {_f(psnr['replay'][f])} dB, re-run-fit {_f(psnr['rerun'][f])} dB, regret "
+            f"{_f(None if psnr['replay'][f] is None or psnr['rerun'][f] is None else psnr['rerun'][f] - psnr['replay'][f])}"
+            for f in FRACTIONS) + " |")
+    print(f"\n(work files in {work})")
+
+
+def _f(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.2f}"
+
+
+def _with_rule(replay: ReplayObjective, rule: str) -> ReplayObjective:
+    """The same replay (same arrays) under another compounding rule."""
+    import copy
+
+    other = copy.copy(replay)
+    other.compounding = rule
+    return other
+
+
+if __name__ == "__main__":
+    main()
