@@ -63,23 +63,29 @@ def _psnr_at(bench_dir: Path) -> dict[float, float | None]:
 
     result = json.loads((bench_dir / "bench.json").read_text())
     table = matched(result["results"], FRACTIONS)
-    return {f: table[f].get("sencache", {}).get("psnr") if table[f].get("sencache", {}).get("reached") else None
-            for f in FRACTIONS}
+    entry = {f: table.get(str(f), {}).get("sencache", {}) for f in FRACTIONS}
+    return {f: e.get("psnr") if e.get("reached") else None for f, e in entry.items()}
 
 
-def regret(model: str, db: Path, rerun_policy: Path, trials: int, seed: int, work: Path) -> dict:
+def regret(model: str, db: Path, rerun_policy: Path, trials: int, seed: int, work: Path,
+           reuse: Path | None = None) -> dict:
+    """Fit by replay on a copy of the store (unless `reuse` names a finished work folder), bench
+    both policies on the bench's held-out prompts, and return their PSNR at `FRACTIONS`."""
+    work = reuse or work
     store = work / f"{model}.duckdb"
-    shutil.copy(db, store)
     cli = [sys.executable, "-m", "cli", "--quiet"]
-    subprocess.run([*cli, "fit", "--db", str(store), "--trials", str(trials), "--seed", str(seed), "--knots", "12",
-                    "--objective", "replay"], check=True)
     replay_policy = work / f"{model}-replay.json"
-    subprocess.run([*cli, "export", "--db", str(store), "--out", str(replay_policy)], check=True)
+    if not replay_policy.exists():
+        shutil.copy(db, store)
+        subprocess.run([*cli, "fit", "--db", str(store), "--trials", str(trials), "--seed", str(seed), "--knots", "12",
+                        "--objective", "replay"], check=True)
+        subprocess.run([*cli, "export", "--db", str(store), "--out", str(replay_policy)], check=True)
     out = {}
     for name, policy in (("replay", replay_policy), ("rerun", rerun_policy)):
         bench = work / f"bench-{name}"
-        subprocess.run([*cli, "bench", "--model", model, "--policy", str(policy), "--methods", "none,sencache",
-                        "--seeds", "2", "--out", str(bench)], check=True)
+        if not (bench / "bench.json").exists():
+            subprocess.run([*cli, "bench", "--model", model, "--policy", str(policy), "--methods", "none,sencache",
+                            "--seeds", "2", "--out", str(bench)], check=True)
         out[name] = _psnr_at(bench)
     return out
 
@@ -94,6 +100,7 @@ def main() -> None:
     parser.add_argument("--regret", action="store_true", help="also fit by replay and bench it against --rerun-policy")
     parser.add_argument("--rerun-policy", type=Path, help="the re-run-fitted policy (e.g. policies/toy-wan.json)")
     parser.add_argument("--trials", type=int, default=40, help="trials of the replay fit (with --regret)")
+    parser.add_argument("--reuse", type=Path, help="a work folder of an earlier --regret run: keep its fit and benches")
     args = parser.parse_args()
     if args.regret and args.rerun_policy is None:
         parser.error("--regret needs --rerun-policy")
@@ -130,8 +137,21 @@ def main() -> None:
         rows.append(row)
         print(f"{index:3d} {row['kind']:7s} {row['forecast']:6s} nfe {row['nfe']:.2f} rerun {row['rerun']:.4g} "
               + " ".join(f"{r} {row[r]:.4g}" for r in COMPOUNDING), flush=True)
+    if rows:
+        _report(args.model, rows)
+    if args.regret:
+        psnr = regret(args.model, args.db, args.rerun_policy, args.trials, args.seed, work, args.reuse)
+        print(f"\n| {args.model} | " + " | ".join(
+            f"NFE {f}: replay-fit {_f(psnr['replay'][f])} dB, re-run-fit {_f(psnr['rerun'][f])} dB, regret "
+            f"{_f(None if psnr['replay'][f] is None or psnr['rerun'][f] is None else psnr['rerun'][f] - psnr['replay'][f])}"
+            for f in FRACTIONS) + " |")
+    print(f"\n(work files in {work})")
+
+
+def _report(model: str, rows: list[dict]) -> None:
+    """Spearman ρ per compounding rule, the replay/re-run ratio by skip position, ρ per mode."""
     rerun_err = np.array([r["rerun"] for r in rows])
-    print(f"\n## {args.model}: replay vs re-run over {len(rows)} candidates (calibration runs)\n")
+    print(f"\n## {model}: replay vs re-run over {len(rows)} candidates (calibration runs)\n")
     print("| compounding | Spearman ρ | median replay/re-run | ratio, skips early / mid / late (static points) |")
     print("|---|---|---|---|")
     for rule in COMPOUNDING:
@@ -149,13 +169,6 @@ def main() -> None:
         if len(sel) >= 3:
             rho = spearmanr([r["segments"] for r in sel], [r["rerun"] for r in sel]).statistic
             print(f"  forecast {mode}: ρ {rho:.3f} over {len(sel)} candidates (segments)")
-    if args.regret:
-        psnr = regret(args.model, args.db, args.rerun_policy, args.trials, args.seed, work)
-        print(f"\n| {args.model} | " + " | ".join(
-            f"NFE {f}: replay-fit {_f(psnr['replay'][f])} dB, re-run-fit {_f(psnr['rerun'][f])} dB, regret "
-            f"{_f(None if psnr['replay'][f] is None or psnr['rerun'][f] is None else psnr['rerun'][f] - psnr['replay'][f])}"
-            for f in FRACTIONS) + " |")
-    print(f"\n(work files in {work})")
 
 
 def _f(x: float | None) -> str:
