@@ -49,11 +49,13 @@ def test_a_fitted_forecast_reaches_the_policy(fitted, tmp_path):
     # the search picked "linear" for quality (as the rerun fits of the toys do): the policy must
     # carry it, or the runtime would replay plain reuse at the fitted thresholds
     result = read_fit_result(fitted)
-    result["operating_points"][0]["forecast"] = "linear"
+    chosen = ["linear", "none", "taylor", "none"]
+    for point, forecast in zip(result["operating_points"], chosen):
+        point["forecast"] = forecast
     path = tmp_path / "forecast.fit.json"
     path.write_text(json.dumps(result))
     policy = export(fitted, tmp_path / "p.json", fit_path=path)
-    assert [p.forecast for p in policy.operating_points] == ["linear", "none", "none", "none"]
+    assert [p.forecast for p in policy.operating_points] == chosen
     assert Policy.load(tmp_path / "p.json").operating_point("quality").forecast == "linear"
 
 
