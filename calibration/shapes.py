@@ -201,8 +201,10 @@ class Twin:
     runs: int
 
     def to_dict(self) -> dict[str, Any]:
+        # one holdout run has no standard error: null in the JSON (NaN is not JSON)
+        se = self.standard_error if math.isfinite(self.standard_error) else None
         return {"point": self.point.to_dict(), "origin": self.origin, "paired_difference": self.mean_difference,
-                "standard_error": self.standard_error, "runs": self.runs}
+                "standard_error": se, "runs": self.runs}
 
 
 def _with_fraction(point: OperatingPoint, target: float, name: str, space: SearchSpace | None = None) -> OperatingPoint:

@@ -93,3 +93,18 @@ def test_fit_states_each_points_static_twin_and_ships_static_when_the_twin_wins(
     assert isinstance(Policy.load(tmp_path / "p.json"), Policy)
     twins = policy.provenance["metrics"]["static_twins"]
     assert set(twins) == {p["name"] for p in chosen if p["static_twin"]}
+
+
+def test_a_twin_measured_on_one_holdout_run_writes_a_null_standard_error():
+    # A fit on a store with one holdout run (the quickstart's split can give one) wrote NaN and
+    # failed at json.dumps(allow_nan=False).
+    import json
+    import math
+
+    from calibration.shapes import Twin
+    from policies import OperatingPoint, evenly_spaced
+
+    twin = Twin(OperatingPoint("t", schedule=evenly_spaced(0.5, 12)), "uniform", 0.01, float("nan"), 1)
+    out = twin.to_dict()
+    assert out["standard_error"] is None and math.isnan(twin.standard_error)
+    json.dumps(out, allow_nan=False)
