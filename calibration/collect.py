@@ -156,7 +156,8 @@ def _one_sample(frame: Any, table: str) -> Any:
 
 
 def _collect_one(loaded: Any, prompt: str, seed: int, call: dict[str, Any], k_max: int, estimator: str,
-                 keep_latents: bool, propagation_points: int) -> dict[str, Any]:
+                 keep_latents: bool, propagation_points: int,
+                 propagation_direction: str = "trajectory") -> dict[str, Any]:
     """Run and record one (prompt, seed); return the frames `write_run` takes."""
     from calibration.estimators import reference_latents
     from calibration.propagation import propagation_gains, propagation_steps
@@ -178,7 +179,8 @@ def _collect_one(loaded: Any, prompt: str, seed: int, call: dict[str, Any], k_ma
         latents = {int(s): v for s, v in zip(frame["step"], frame["value"])} if frame is not None else None
     propagation = None
     if propagation_points:
-        rows = propagation_gains(pipe, run, final, propagation_steps(call["num_inference_steps"], propagation_points), seed=seed)
+        rows = propagation_gains(pipe, run, final, propagation_steps(call["num_inference_steps"], propagation_points), seed=seed,
+                                  direction=propagation_direction)
         import pandas as pd
 
         propagation = pd.DataFrame(rows) if rows else None
@@ -217,6 +219,7 @@ def collect(
     holdout_fraction: float = 0.25,
     propagation: bool | int = False,
     progress: bool = True,
+    propagation_direction: str = "trajectory",
 ) -> CollectSummary:
     """Record full-compute runs of `model` over `prompts` × `seeds` into the store at `db`.
 
@@ -233,6 +236,10 @@ def collect(
         holdout_fraction: share of prompts (by hash) whose runs are marked 'holdout'.
         propagation: also measure the propagation gain at 6 (or this many) steps; each point
             costs one more pipeline call per run.
+        propagation_direction: where each perturbation points ("trajectory": along the output's
+            change from the step before, what a cache errs by; "random": a Gaussian direction,
+            which the denoiser removes and replay then underestimates re-runs by 25×;
+            `calibration.propagation`). Recorded with each run.
     """
     from calibration.models import load_model
     from store import CalibrationStore, shard_path
@@ -241,6 +248,10 @@ def collect(
     name = model if isinstance(model, str) else model.name
     seed_list = list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
     _validate(steps, k_max, estimator, holdout_fraction, seed_list)
+    from calibration.propagation import DIRECTIONS
+
+    if propagation_direction not in DIRECTIONS:
+        raise InputError(f"--propagation-direction {propagation_direction!r}: choose one of {', '.join(DIRECTIONS)}")
     prompt_list = list(prompts) if prompts is not None else default_prompts(name)
     if not prompt_list:
         raise InputError("no prompts given")
@@ -257,6 +268,8 @@ def collect(
     fingerprint = _fingerprint(pipe.transformer)
     call = loaded.call_kwargs(num_inference_steps=steps)
     extra = {"k_max": k_max, "propagation_points": points}
+    if points:
+        extra["propagation_direction"] = propagation_direction
     planned = plan_runs(prompt_list, seed_list, rank, world)
     rows = [_run_row(loaded, fingerprint, p, s, steps, call, estimator, extra, split_of(p, holdout_fraction)) for p, s in planned]
 
@@ -273,7 +286,8 @@ def collect(
         bar = tqdm(todo, desc="runs", unit="run", disable=True if not progress else None)
         for row in bar:
             t0 = time.perf_counter()
-            frames = _collect_one(loaded, row["prompt"], row["seed"], call, k_max, estimator, not no_latents, points)
+            frames = _collect_one(loaded, row["prompt"], row["seed"], call, k_max, estimator, not no_latents, points,
+                                  propagation_direction)
             wall = time.perf_counter() - t0
             store.write_run({**row, "wall_s": wall}, **frames)
             written += 1

@@ -26,7 +26,7 @@ logger = logging.getLogger(__name__)
 
 
 #: Keys of `runs.extra` that describe the collect itself, not the pipeline call.
-_COLLECT_BOOKKEEPING = {"k_max", "propagation_points", "transformer_class"}
+_COLLECT_BOOKKEEPING = {"k_max", "propagation_points", "propagation_direction", "transformer_class"}
 
 
 def _collect_cmd(db: Path, model: str | None = None) -> str:

@@ -6,6 +6,15 @@ output at step p, the same δ on every CFG branch so the guided output moves by 
 scaled to RMS `scale · ‖f_p‖`. Then `G(p) = ‖x_N' − x_N‖ / ‖δ‖` (RMS), the factor that turns a
 local output error at step p into a final-latent error (docs/design.md,
 "What an experiment found").
+
+Which direction δ points matters as much as its size. A seeded Gaussian direction
+(``direction="random"``, the first stores) is noise, and a denoiser removes noise: on toy-wan
+replay with those gains put the final error of re-runs 25× too low (`benchmarks/replay_vs_rerun.py`).
+A cache's error is not noise: reusing step p − 1's output at step p errs by f_{p−1} − f_p, the
+direction the output is moving. ``direction="trajectory"`` (the default) points δ there: the
+first call of step p takes the difference between the same call's output at step p − 1 and its
+own (the mean over the call's rows, so every CFG branch moves alike); step 0, which has no
+earlier output, keeps the Gaussian direction.
 """
 
 from __future__ import annotations
@@ -21,9 +30,12 @@ from diffusers.hooks.hooks import BaseState, StateManager
 from sencache.adapters import adapter_for
 from sencache.norms import rms, rms_diff
 
-__all__ = ["PERTURB_HOOK", "propagation_gains", "propagation_steps"]
+__all__ = ["DIRECTIONS", "PERTURB_HOOK", "propagation_gains", "propagation_steps"]
 
 PERTURB_HOOK = "sencache_perturb"
+#: where a perturbation points: along the output's change from the step before (what a cache
+#: errs by), or a seeded Gaussian direction (the first stores'; see the module docstring)
+DIRECTIONS = ("trajectory", "random")
 
 
 def propagation_steps(num_steps: int, count: int = 6) -> list[int]:
@@ -39,11 +51,28 @@ class _State(BaseState):
 class _PerturbHook(ModelHook):
     _is_stateful = True
 
-    def __init__(self, pipe: Any, step: int, scale: float, seed: int) -> None:
+    def __init__(self, pipe: Any, step: int, scale: float, seed: int, direction: str = "trajectory") -> None:
         super().__init__()
-        self.pipe, self.step, self.scale, self.seed = pipe, step, scale, seed
+        if direction not in DIRECTIONS:
+            raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
+        self.pipe, self.step, self.scale, self.seed, self.direction = pipe, step, scale, seed, direction
         self.state = StateManager(_State)
         self.delta: torch.Tensor | None = None
+        #: the outputs of step − 1, one per transformer call (cond, uncond when called apart)
+        self.previous: list[torch.Tensor] = []
+        self.used_direction: str | None = None
+
+    def _unit_direction(self, sample: torch.Tensor) -> torch.Tensor:
+        """A unit-RMS direction [*sample.shape[1:]] (see the module docstring)."""
+        if self.direction == "trajectory" and self.previous:
+            change = (self.previous[0].float() - sample.float()).mean(dim=0)
+            if float(rms(change.unsqueeze(0))[0]) > 0:
+                self.used_direction = "trajectory"
+                return change / rms(change.unsqueeze(0))[0]
+        self.used_direction = "random"
+        generator = torch.Generator().manual_seed(self.seed)
+        u = torch.randn(sample.shape[1:], generator=generator)
+        return u / rms(u.unsqueeze(0))[0]
 
     def _step_of(self, t: Any) -> int:
         context = self.state._context
@@ -56,13 +85,14 @@ class _PerturbHook(ModelHook):
     def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
         out = self.fn_ref.original_forward(*args, **kwargs)
         t = adapter_for(module).latent_and_timestep(module, args, kwargs)[1]
-        if self._step_of(t) != self.step:
-            return out
+        step = self._step_of(t)
         sample = out[0] if isinstance(out, tuple) else out.sample
+        if step == self.step - 1 and self.direction == "trajectory":
+            self.previous.append(sample.detach().float().cpu().clone())
+        if step != self.step:
+            return out
         if self.delta is None:
-            generator = torch.Generator().manual_seed(self.seed)
-            u = torch.randn(sample.shape[1:], generator=generator)
-            u = u / rms(u.unsqueeze(0))[0]
+            u = self._unit_direction(sample.detach().cpu())
             self.delta = (self.scale * float(rms(sample.float()).mean())) * u
         shifted = sample + self.delta.to(device=sample.device, dtype=sample.dtype)
         return (shifted, *out[1:]) if isinstance(out, tuple) else type(out)(sample=shifted)
@@ -79,6 +109,7 @@ def propagation_gains(
     steps: list[int],
     seed: int = 0,
     scale: float = 0.01,
+    direction: str = "trajectory",
 ) -> list[dict[str, Any]]:
     """Rows (step, gain, local_error, final_error) of the `propagation` table.
 
@@ -87,12 +118,13 @@ def propagation_gains(
         baseline_final: the unperturbed final latents of the same call.
         scale (`float`, defaults to 0.01): RMS of δ relative to the output's RMS; small enough to
             stay in the linear regime, large enough to stay above float32 noise.
+        direction (`str`, defaults to "trajectory"): where δ points (`DIRECTIONS`, module docstring).
     """
     rows = []
     transformer = pipe.transformer
     registry = HookRegistry.check_if_exists_or_initialize(transformer)
     for p in steps:
-        hook = _PerturbHook(pipe, p, scale, seed * 1000 + p)
+        hook = _PerturbHook(pipe, p, scale, seed * 1000 + p, direction)
         registry.register_hook(hook, PERTURB_HOOK)
         try:
             final = run()

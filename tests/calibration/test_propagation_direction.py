@@ -1,0 +1,79 @@
+"""Where `collect --propagation` points its perturbation: along the output's change (a cache's error)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from diffusers.hooks import HookRegistry
+
+from calibration.collect import collect
+from calibration.models import load_model
+from calibration.propagation import PERTURB_HOOK, _PerturbHook
+from policies import InputError
+from store import CalibrationStore
+from tests.calibration.test_collect import PROMPTS
+
+STEPS = 4
+
+
+def _perturbed_run(direction: str, step: int):
+    """Run tiny-wan with a perturbation at `step`; return the hook and every transformer call's
+    (step, output as it left the transformer)."""
+    loaded = load_model("tiny-wan")
+    pipe = loaded.pipe
+    pipe.set_progress_bar_config(disable=True)
+    outputs: list[torch.Tensor] = []
+    handle = pipe.transformer.register_forward_hook(
+        lambda module, args, out: outputs.append((out[0] if isinstance(out, tuple) else out.sample).detach().clone()))
+    registry = HookRegistry.check_if_exists_or_initialize(pipe.transformer)
+    hook = _PerturbHook(pipe, step, scale=0.01, seed=7, direction=direction)
+    registry.register_hook(hook, PERTURB_HOOK)
+    try:
+        with torch.no_grad():
+            pipe(prompt=PROMPTS[0], generator=torch.Generator().manual_seed(0), output_type="latent",
+                 **loaded.call_kwargs(num_inference_steps=STEPS))
+    finally:
+        registry.remove_hook(PERTURB_HOOK, recurse=False)
+        handle.remove()
+    calls_per_step = len(outputs) // STEPS
+    return hook, [outputs[i * calls_per_step:(i + 1) * calls_per_step] for i in range(STEPS)]
+
+
+def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(torch.nn.functional.cosine_similarity(a.flatten().double(), b.flatten().double(), dim=0))
+
+
+def test_a_trajectory_perturbation_points_along_the_outputs_change_from_the_step_before():
+    step = 2
+    hook, by_step = _perturbed_run("trajectory", step)
+    assert hook.used_direction == "trajectory"
+    before = by_step[step - 1][0]
+    unperturbed = by_step[step][0] - hook.delta  # what the first call of `step` gave before δ
+    change = (before - unperturbed).mean(dim=0)
+    assert _cosine(hook.delta, change) == pytest.approx(1.0, abs=1e-5)
+    # δ keeps its size: `scale` of the output's RMS
+    assert float(hook.delta.pow(2).mean().sqrt()) == pytest.approx(0.01 * float(unperturbed.pow(2).mean().sqrt()),
+                                                                   rel=1e-4)
+
+
+def test_a_random_perturbation_and_step_zero_use_the_seeded_gaussian_direction():
+    random_hook, by_step = _perturbed_run("random", 2)
+    assert random_hook.used_direction == "random"
+    change = (by_step[1][0] - (by_step[2][0] - random_hook.delta)).mean(dim=0)
+    assert abs(_cosine(random_hook.delta, change)) < 0.5
+    first, _ = _perturbed_run("trajectory", 0)  # step 0 has no earlier output
+    assert first.used_direction == "random"
+
+
+def test_collect_records_the_direction_and_refuses_an_unknown_one(tmp_path):
+    db = tmp_path / "calib.duckdb"
+    collect("tiny-wan", PROMPTS[:1], seeds=1, steps=3, db=db, propagation=2, progress=False)
+    with CalibrationStore(db, read_only=True) as store:
+        extra = json.loads(store.runs().iloc[0]["extra"]) if isinstance(store.runs().iloc[0]["extra"], str) \
+            else store.runs().iloc[0]["extra"]
+    assert extra["propagation_direction"] == "trajectory"
+    with pytest.raises(InputError, match="--propagation-direction 'sideways'"):
+        collect("tiny-wan", PROMPTS[:1], seeds=1, steps=3, db=tmp_path / "other.duckdb", propagation=2,
+                progress=False, propagation_direction="sideways")
