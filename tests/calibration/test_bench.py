@@ -95,6 +95,19 @@ def test_matched_pairs_sencache_with_its_static_twin_and_taylorseer():
     assert "vs_uniform" not in table["sencache"]  # no uniform ran
 
 
+def test_a_dominated_setting_does_not_pull_the_matched_curve_down():
+    # sencache's fitted point computes 0.50 at 40 dB; an extra setting (the paper reference) computes
+    # 0.51 at 30 dB. Nobody picks the second: at 0.5 the method is its fitted point, not a blend.
+    rows = [_row("none", 1.0, [100, 100]), _row("sencache", 0.5, [40, 40]), _row("sencache", 0.51, [30, 30]),
+            _row("sencache", 0.7, [50, 50]), _row("sencache", 0.3, [20, 20])]
+    rows[2]["knob"] = "paper"
+    table = matched(rows, (0.5, 0.6))
+    assert table["0.5"]["sencache"]["psnr"] == pytest.approx(40.0)
+    assert table["0.5"]["sencache"]["dominated"] == ["paper"]
+    # between the kept settings 0.5 and 0.7, in MSE: (1e-4 + 1e-5) / 2
+    assert table["0.6"]["sencache"]["psnr"] == pytest.approx(-10 * np.log10(5.5e-5))
+
+
 # --- a real run on a tiny fixture ---------------------------------------------------------------
 
 
