@@ -4,13 +4,15 @@ its store is too thin to trust."""
 from __future__ import annotations
 
 import logging
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from calibration.fitdata import load_fit_data
-from calibration.replay import ReplayObjective, compound
+from calibration.replay import ReplayObjective, compound, tail_exponent
 from calibration.replay_trust import replay_trust
 from policies import OperatingPoint, Predictor, evenly_spaced
 
@@ -104,3 +106,24 @@ def test_a_static_gap_past_the_stores_largest_lag_still_costs_error(data):
     # lag K costs 1; lags K+1..10 cost lag/K each when extrapolated
     expected = 1.0 + sum(k / top for k in range(top + 1, 11))
     assert replay.evaluate(PREDICTOR, long_gap).error == pytest.approx(expected)
+
+
+def test_a_gap_past_the_largest_lag_grows_as_the_measured_errors_grow():
+    # Fails when the extrapolation is linear whatever the store shows (toy-wan's forecasts grow
+    # with exponent 1.4 at the largest lags, and growing them linearly ranked static points low).
+    store = load_fit_data(make_store(Path(tempfile.mkdtemp()) / "q.duckdb", runs=2, holdout=0))
+    top = int(store.cache_errors["lag"].max())
+    quadratic = store.cache_errors.assign(residual_error=store.cache_errors["lag"].astype(float) ** 2)
+    replay = _replay(store, quadratic, store.reuse_errors.iloc[0:0], compounding="linear")
+    assert replay.tail_exponents["none"] == pytest.approx(2.0)
+    long_gap = OperatingPoint("gap", schedule=evenly_spaced(0.1, 12))  # steps 0 and 11: lags 1..10
+    # e(K)·(lag/K)² continues k² exactly: the run of skips costs Σ k² over k = 1..10
+    assert replay.evaluate(PREDICTOR, long_gap).error == pytest.approx(sum(k**2 for k in range(1, 11)))
+    assert top < 10
+
+
+def test_the_tail_exponent_stays_in_range_and_is_linear_without_two_lags():
+    errs = np.ones((1, 3, 3))  # lags 0..2
+    errs[:, :, 2] = 100.0  # a 100× jump from lag 1 to 2: noise, not growth
+    assert tail_exponent([errs]) == 3.0
+    assert tail_exponent([np.ones((1, 3, 2))]) == 1.0  # K = 1: nothing to measure a rate from
