@@ -31,7 +31,7 @@ __all__ = ["CollectSummary", "collect", "default_prompts", "plan_runs", "read_pr
 
 logger = logging.getLogger(__name__)
 
-#: steps at which `--propagation` perturbs a trajectory (evenly spread, both ends included)
+#: how many steps `--propagation` perturbs a trajectory at by default (`propagation.propagation_steps`)
 PROPAGATION_POINTS = 6
 
 

@@ -39,8 +39,18 @@ DIRECTIONS = ("trajectory", "random")
 
 
 def propagation_steps(num_steps: int, count: int = 6) -> list[int]:
-    """`count` steps spread evenly over 0..N−1 (both ends included)."""
-    return sorted({int(round(v)) for v in np.linspace(0, num_steps - 1, min(count, num_steps))})
+    """`count` steps where G(p) is worth measuring: spread evenly over 1..N−2, and the last step.
+
+    Step 0 always computes (every policy's first step), so its gain is never used, and it has no
+    earlier output to point a trajectory perturbation along. The last step is apart: its gain is
+    the Euler update's own σ_{N−1}, several times the steps before it (toy-cogvideox: 0.18 at
+    step 29 against 0.058 at 28 and 0.036 at 24), so a curve interpolated from step 25 straight
+    to 29 put 2–3× too much weight on skips at 26–28; N−2 is measured for that reason.
+    """
+    if num_steps <= 2:
+        return list(range(1, num_steps)) or [0]
+    inner = np.linspace(1, num_steps - 2, max(1, min(count, num_steps) - 1))
+    return sorted({int(round(v)) for v in inner} | {num_steps - 1})
 
 
 class _State(BaseState):

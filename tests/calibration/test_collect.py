@@ -78,7 +78,8 @@ def test_no_latents_and_propagation(tmp_path):
         assert store.table_counts()["latents"] == 0
         prop = store.propagation().sort_values("step")
         run = store.runs().iloc[0]
-    assert prop["step"].tolist() == [0, 1, 2]
+    # step 0 always computes (its gain is never used); the last step is always measured
+    assert prop["step"].tolist() == [1, 2]
     # The last Euler step is x_N = x_{N-1} + (0 − σ_{N-1})·f, so an output error δ moves x_N by
     # σ_{N-1}·δ: the gain at the last step is σ_{N-1} (the scheduler's last non-zero sigma).
     from diffusers import FlowMatchEulerDiscreteScheduler

@@ -77,3 +77,14 @@ def test_collect_records_the_direction_and_refuses_an_unknown_one(tmp_path):
     with pytest.raises(InputError, match="--propagation-direction 'sideways'"):
         collect("tiny-wan", PROMPTS[:1], seeds=1, steps=3, db=tmp_path / "other.duckdb", propagation=2,
                 progress=False, propagation_direction="sideways")
+
+
+def test_propagation_steps_skip_step_zero_and_measure_the_last_two():
+    from calibration.propagation import propagation_steps
+
+    assert propagation_steps(30, 8) == [1, 6, 10, 14, 19, 24, 28, 29]
+    for n, count in ((30, 6), (20, 8), (6, 2), (3, 3)):
+        steps = propagation_steps(n, count)
+        assert 0 not in steps and steps[-1] == n - 1 and len(steps) <= count
+        if count >= 3 and n >= 4:
+            assert n - 2 in steps  # the curve must not run straight from mid-way to the last step's spike
