@@ -269,10 +269,11 @@ def _add_collect(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--propagation", type=int, nargs="?", const=6, default=0, metavar="POINTS",
                    help="also measure the propagation gain G(p) at POINTS steps (default when given: 6); "
                    "each point costs one more pipeline call per run")
-    p.add_argument("--propagation-direction", choices=("trajectory", "random"), default="trajectory",
-                   help="where each perturbation points: along the output's change from the step before (what a "
-                   "cache errs by) or a Gaussian direction (which the denoiser removes: replay then underestimates "
-                   "re-runs) (default: %(default)s)")
+    p.add_argument("--propagation-direction", choices=("cache", "trajectory", "random"), default="cache",
+                   help="what perturbs step p: cache: step p really skipped (its final error over the measured "
+                   "local error; replay of one skip is then exact); trajectory: a small δ along the output's change; "
+                   "random: a Gaussian δ, which the denoiser removes (replay then underestimates re-runs) "
+                   "(default: %(default)s)")
     p.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS, help="no progress bars")
 
 

@@ -157,10 +157,10 @@ def _one_sample(frame: Any, table: str) -> Any:
 
 def _collect_one(loaded: Any, prompt: str, seed: int, call: dict[str, Any], k_max: int, estimator: str,
                  keep_latents: bool, propagation_points: int,
-                 propagation_direction: str = "trajectory") -> dict[str, Any]:
+                 propagation_direction: str = "cache") -> dict[str, Any]:
     """Run and record one (prompt, seed); return the frames `write_run` takes."""
     from calibration.estimators import reference_latents
-    from calibration.propagation import propagation_gains, propagation_steps
+    from calibration.propagation import propagation_gains, propagation_steps, skip_gains
 
     pipe = loaded.pipe
 
@@ -179,8 +179,15 @@ def _collect_one(loaded: Any, prompt: str, seed: int, call: dict[str, Any], k_ma
         latents = {int(s): v for s, v in zip(frame["step"], frame["value"])} if frame is not None else None
     propagation = None
     if propagation_points:
-        rows = propagation_gains(pipe, run, final, propagation_steps(call["num_inference_steps"], propagation_points), seed=seed,
-                                  direction=propagation_direction)
+        positions = propagation_steps(call["num_inference_steps"], propagation_points)
+        if propagation_direction == "cache":
+            errors = _one_sample(sink.frame("cache_errors"), "cache_errors")
+            lag1 = {} if errors is None else {
+                int(r) + 1: float(e) for r, k, e in zip(errors["step"], errors["lag"], errors["residual_error"])
+                if int(k) == 1 and e == e}  # e(p − 1, lag 1), keyed by the skipped step p
+            rows = skip_gains(pipe, run, final, positions, call["num_inference_steps"], lag1)
+        else:
+            rows = propagation_gains(pipe, run, final, positions, seed=seed, direction=propagation_direction)
         import pandas as pd
 
         propagation = pd.DataFrame(rows) if rows else None
@@ -219,7 +226,7 @@ def collect(
     holdout_fraction: float = 0.25,
     propagation: bool | int = False,
     progress: bool = True,
-    propagation_direction: str = "trajectory",
+    propagation_direction: str = "cache",
 ) -> CollectSummary:
     """Record full-compute runs of `model` over `prompts` × `seeds` into the store at `db`.
 
@@ -236,9 +243,10 @@ def collect(
         holdout_fraction: share of prompts (by hash) whose runs are marked 'holdout'.
         propagation: also measure the propagation gain at 6 (or this many) steps; each point
             costs one more pipeline call per run.
-        propagation_direction: where each perturbation points ("trajectory": along the output's
-            change from the step before, what a cache errs by; "random": a Gaussian direction,
-            which the denoiser removes and replay then underestimates re-runs by 25×;
+        propagation_direction: what perturbs step p ("cache": step p really skipped by the
+            runtime, its final error over the store's own local error; "trajectory": a small δ
+            along the output's change from the step before; "random": a Gaussian δ, which the
+            denoiser removes, and replay then underestimated re-runs 25×;
             `calibration.propagation`). Recorded with each run.
     """
     from calibration.models import load_model

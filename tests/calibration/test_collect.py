@@ -73,7 +73,9 @@ def test_collect_writes_whole_runs_and_resumes(tmp_path):
 
 def test_no_latents_and_propagation(tmp_path):
     db = tmp_path / "calib.duckdb"
-    collect("tiny-wan", PROMPTS[:1], seeds=1, steps=3, db=db, no_latents=True, propagation=3, progress=False)
+    # a δ-based gain (the cache gain's own test is in test_propagation_direction.py)
+    collect("tiny-wan", PROMPTS[:1], seeds=1, steps=3, db=db, no_latents=True, propagation=3, progress=False,
+            propagation_direction="trajectory")
     with CalibrationStore(db, read_only=True) as store:
         assert store.table_counts()["latents"] == 0
         prop = store.propagation().sort_values("step")

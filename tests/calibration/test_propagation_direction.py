@@ -73,7 +73,7 @@ def test_collect_records_the_direction_and_refuses_an_unknown_one(tmp_path):
     with CalibrationStore(db, read_only=True) as store:
         extra = json.loads(store.runs().iloc[0]["extra"]) if isinstance(store.runs().iloc[0]["extra"], str) \
             else store.runs().iloc[0]["extra"]
-    assert extra["propagation_direction"] == "trajectory"
+    assert extra["propagation_direction"] == "cache"
     with pytest.raises(InputError, match="--propagation-direction 'sideways'"):
         collect("tiny-wan", PROMPTS[:1], seeds=1, steps=3, db=tmp_path / "other.duckdb", propagation=2,
                 progress=False, propagation_direction="sideways")
@@ -88,3 +88,23 @@ def test_propagation_steps_skip_step_zero_and_measure_the_last_two():
         assert 0 not in steps and steps[-1] == n - 1 and len(steps) <= count
         if count >= 3 and n >= 4:
             assert n - 2 in steps  # the curve must not run straight from mid-way to the last step's spike
+
+
+def test_a_cache_gain_makes_replay_of_one_skip_equal_the_rerun(tmp_path):
+    # Fails with a δ-based gain (random or trajectory direction): replay's e·G(p) then misses the
+    # real final error of skipping p (32× at step 2 of toy-cogvideox).
+    from calibration.fit import _Objectives
+    from calibration.fitdata import load_fit_data
+    from policies import OperatingPoint, Predictor, StaticSchedule
+
+    db = tmp_path / "calib.duckdb"
+    collect("tiny-wan", PROMPTS[:1], seeds=1, steps=6, db=db, propagation=3, holdout_fraction=0.0, progress=False)
+    data = load_fit_data(db)
+    assert sorted(data.propagation["step"]) == [1, 4, 5]
+    table = data.sensitivity_table()
+    replay = _Objectives("replay", data, table, "tiny-wan").for_split("calib")
+    rerun = _Objectives("rerun", data, table, "tiny-wan").for_split("calib")
+    for skipped in (1, 4):
+        point = OperatingPoint("one", schedule=StaticSchedule(tuple(i / 5 for i in range(6) if i != skipped)))
+        assert replay.evaluate(Predictor(), point).error == pytest.approx(rerun.evaluate(Predictor(), point).error,
+                                                                          rel=1e-3)
