@@ -65,6 +65,11 @@ def replay_trust(data: Any) -> ReplayTrust:
         problems.append(f"propagation measured at {positions} step(s), fewer than {MIN_PROPAGATION_POSITIONS}")
     if 0 < with_prop < runs / 2:
         problems.append(f"propagation measured on {with_prop} of {runs} runs")
+    delta_based = _delta_gain_runs(data, set(prop["run_id"]) if len(prop) else set())
+    if delta_based:
+        problems.append(f"propagation of {delta_based} run(s) measured with a small perturbation, not a real skip "
+                        "(a store collected before the 'cache' gain): replay then misjudges early skips (toy-cogvideox: "
+                        "a skip at step 2 moved the final latents 32× more than such a gain said)")
     missing = [m for m in MODES if m not in modes]
     if missing:
         problems.append(f"no measured errors of reuse mode(s) {', '.join(missing)}: replay cannot search them")
@@ -74,6 +79,21 @@ def replay_trust(data: Any) -> ReplayTrust:
         remedy = (f"sencache-calibrate collect --model {data.model_name} --prompts <your prompts> --seeds 1 "
                   f"--steps {steps} --propagation 8 --db <a new store>.duckdb")
     return ReplayTrust(runs, with_prop, positions, modes, max_lag, problems, remedy)
+
+
+def _delta_gain_runs(data: Any, runs_with_gain: set) -> int:
+    """How many runs with propagation rows measured them with a δ (`random` or `trajectory`, or a
+    store from before the direction was recorded) rather than by skipping the step."""
+    from calibration.fitdata import _json
+
+    count = 0
+    for _, row in data.runs.iterrows():
+        if row["run_id"] not in runs_with_gain:
+            continue
+        extra = _json(row.get("extra")) or {}
+        if not isinstance(extra, dict) or extra.get("propagation_direction", "random") != "cache":
+            count += 1
+    return count
 
 
 def warn_if_thin(trust: ReplayTrust, store: Any) -> None:

@@ -50,6 +50,7 @@ def make_store(
     call: dict | None = None,
     modes: bool = True,
     propagation: bool = True,
+    propagation_direction: str = "cache",
 ) -> Path:
     """Write `runs` calib + `holdout` holdout runs of the synthetic model to a new store."""
     store = CalibrationStore(path)
@@ -87,6 +88,7 @@ def make_store(
             "scheduler_class": "FlowMatchEulerDiscreteScheduler", "scheduler_config": {"shift": 3.0},
             "prompt": f"a red circle moving left number {seed}", "seed": seed, "num_steps": n,
             "split": "holdout" if seed >= runs else "calib", "estimator": "trajectory",
+            "extra": {"propagation_direction": propagation_direction} if propagation else None,
             **(call or {}),
         }
         store.write_run(run, steps, sens, errors, prop, reuse_errors=reuse)

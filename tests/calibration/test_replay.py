@@ -97,6 +97,14 @@ def test_a_store_without_propagation_rows_warns_with_the_command_that_adds_them(
     assert result["search_space"]["forecasts"] == ["none", "linear"]  # the modes the store measured
 
 
+def test_a_store_whose_gains_came_from_a_small_perturbation_warns(tmp_path):
+    # Fails when trust ignores how G was measured (a δ-based gain missed a real skip 32×).
+    db = make_store(tmp_path / "delta.duckdb", runs=4, holdout=2, propagation_direction="random")
+    trust = replay_trust(load_fit_data(db))
+    assert trust.thin and any("small perturbation" in p and "6 run(s)" in p for p in trust.problems)
+    assert "--propagation 8" in trust.remedy
+
+
 def test_a_static_gap_past_the_stores_largest_lag_still_costs_error(data):
     # Fails when replay counts a skip beyond the measured lags as free (NaN → 0).
     top = int(data.cache_errors["lag"].max())
