@@ -7,7 +7,10 @@ For each mask every method skips exactly the same steps, so only the reuse diffe
 * masks ``taylorseer/2`` and ``taylorseer/3``: diffusers TaylorSeer's own schedule at cache
   interval 2 and 3 (its warm-up steps 0–2, then one step in N: 16 and 12 of 30 steps);
 * masks ``even/0.5`` and ``even/0.4``: evenly spaced steps (the bench's `uniform`), where
-  TaylorSeer cannot follow (its schedule is an interval).
+  TaylorSeer cannot follow (its schedule is an interval);
+* masks ``seer2-last`` (TaylorSeer's interval-2 mask without its last computed step: 15 of 30)
+  and ``warmup3+even`` (steps 0–2, then evenly spaced up to 15 of 30): how much of TaylorSeer's
+  lead at about half compute is its mask.
 
 Methods: SenCache's reuse modes ``plain`` (forecast "none"), ``linear`` (residual, timestep
 units), ``taylor/t`` and ``taylor/step`` (order 1, in timestep or step units), ``taylor2/...``
@@ -50,6 +53,10 @@ def run(model: str, steps: int, n_prompts: int) -> None:
     prompts = heldout_prompts()[:n_prompts]
     masks = {f"taylorseer/{k}": (taylorseer_steps(steps, k), k) for k in (2, 3)}
     masks.update({f"even/{f:g}": (evenly_spaced(steps, f), None) for f in (0.5, 0.4)})
+    seer = taylorseer_steps(steps, 2)
+    masks["seer2-last"] = (seer - {max(seer)}, None)
+    half = steps // 2
+    masks["warmup3+even"] = ({0, 1, 2} | {int(round(v)) for v in np.linspace(3, steps - 1, half - 3)}, None)
     scores: dict[tuple[str, str], list[float]] = defaultdict(list)
     for prompt in prompts:
         reference = frames(loaded, prompt, steps)
