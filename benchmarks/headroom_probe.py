@@ -167,6 +167,8 @@ def main() -> None:
           f"   in-sample {h.best_single_in_sample:.2f} dB")
     print(f"  each prompt's own best mask          {h.oracle:6.2f} dB  ({h.oracle - h.best_single_split:+.2f} more: "
           f"the per-sample headroom; {h.oracle - h.evenly:+.2f} over evenly)")
+    best = int(np.argmax(table.mean(axis=1)))
+    print(f"  the best single mask (all prompts)   {table[best].mean():6.2f} dB  computes {list(masks[best])}")
     point = policy.operating_point(args.point)
     shipped = [(f"shipped {point.name!r} ({'static' if point.static else 'score-driven'}, {point.forecast})", point)]
     twin, origin = twin_of(policy, args.point, n)
