@@ -160,7 +160,7 @@ def _collect_one(loaded: Any, prompt: str, seed: int, call: dict[str, Any], k_ma
                  propagation_direction: str = "cache") -> dict[str, Any]:
     """Run and record one (prompt, seed); return the frames `write_run` takes."""
     from calibration.estimators import reference_latents
-    from calibration.propagation import propagation_gains, propagation_steps, skip_gains
+    from calibration.propagation import measure_gains, propagation_steps
 
     pipe = loaded.pipe
 
@@ -177,24 +177,19 @@ def _collect_one(loaded: Any, prompt: str, seed: int, call: dict[str, Any], k_ma
     if keep_latents:
         frame = _one_sample(sink.frame("latents"), "latents")
         latents = {int(s): v for s, v in zip(frame["step"], frame["value"])} if frame is not None else None
+    cache_errors = _one_sample(sink.frame("cache_errors"), "cache_errors")
     propagation = None
     if propagation_points:
-        positions = propagation_steps(call["num_inference_steps"], propagation_points)
-        if propagation_direction == "cache":
-            errors = _one_sample(sink.frame("cache_errors"), "cache_errors")
-            lag1 = {} if errors is None else {
-                int(r) + 1: float(e) for r, k, e in zip(errors["step"], errors["lag"], errors["residual_error"])
-                if int(k) == 1 and e == e}  # e(p − 1, lag 1), keyed by the skipped step p
-            rows = skip_gains(pipe, run, final, positions, call["num_inference_steps"], lag1)
-        else:
-            rows = propagation_gains(pipe, run, final, positions, seed=seed, direction=propagation_direction)
+        n = call["num_inference_steps"]
+        rows = measure_gains(pipe, run, final, propagation_steps(n, propagation_points), n, propagation_direction,
+                             seed, cache_errors)
         import pandas as pd
 
         propagation = pd.DataFrame(rows) if rows else None
     return {
         "steps": _one_sample(sink.frame("steps"), "steps"),
         "sensitivities": _one_sample(sink.frame("sensitivities"), "sensitivities"),
-        "cache_errors": _one_sample(sink.frame("cache_errors"), "cache_errors"),
+        "cache_errors": cache_errors,
         "reuse_errors": _one_sample(sink.frame("reuse_errors"), "reuse_errors"),
         "propagation": propagation,
         "latents": latents,

@@ -11,7 +11,7 @@ Which direction δ points matters as much as its size. A seeded Gaussian directi
 (``direction="random"``, the first stores) is noise, and a denoiser removes noise: on toy-wan
 replay with those gains put the final error of re-runs 25× too low (`benchmarks/replay_vs_rerun.py`).
 A cache's error is not noise: reusing step p − 1's output at step p errs by f_{p−1} − f_p, the
-direction the output is moving. ``direction="trajectory"`` (the default) points δ there: the
+direction the output is moving. ``direction="trajectory"`` points δ there: the
 first call of step p takes the difference between the same call's output at step p − 1 and its
 own (the mean over the call's rows, so every CFG branch moves alike); step 0, which has no
 earlier output, keeps the Gaussian direction.
@@ -39,13 +39,16 @@ from diffusers.hooks.hooks import BaseState, StateManager
 from sencache.adapters import adapter_for
 from sencache.norms import rms, rms_diff
 
-__all__ = ["DIRECTIONS", "PERTURB_HOOK", "propagation_gains", "propagation_steps", "skip_gains"]
+__all__ = ["DELTA_DIRECTIONS", "DIRECTIONS", "PERTURB_HOOK", "lag_one_errors", "measure_gains", "propagation_gains",
+           "propagation_steps", "skip_gains"]
 
 PERTURB_HOOK = "sencache_perturb"
 #: what perturbs step p: the cache's own error (step p really skipped, `skip_gains`; the default),
 #: a small δ along the output's change from the step before, or a seeded Gaussian δ (the first
 #: stores'); see the module docstring
 DIRECTIONS = ("cache", "trajectory", "random")
+#: the directions a perturbation δ can take (`propagation_gains`); "cache" perturbs nothing
+DELTA_DIRECTIONS = ("trajectory", "random")
 
 
 def propagation_steps(num_steps: int, count: int = 6) -> list[int]:
@@ -73,8 +76,8 @@ class _PerturbHook(ModelHook):
 
     def __init__(self, pipe: Any, step: int, scale: float, seed: int, direction: str = "trajectory") -> None:
         super().__init__()
-        if direction not in DIRECTIONS:
-            raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
+        if direction not in DELTA_DIRECTIONS:
+            raise ValueError(f"direction must be one of {DELTA_DIRECTIONS}, got {direction!r}")
         self.pipe, self.step, self.scale, self.seed, self.direction = pipe, step, scale, seed, direction
         self.state = StateManager(_State)
         self.delta: torch.Tensor | None = None
@@ -84,7 +87,7 @@ class _PerturbHook(ModelHook):
 
     def _unit_direction(self, sample: torch.Tensor) -> torch.Tensor:
         """A unit-RMS direction [*sample.shape[1:]] (see the module docstring)."""
-        if self.direction != "random" and self.previous:
+        if self.direction == "trajectory" and self.previous:
             change = (self.previous[0].float() - sample.float()).mean(dim=0)
             if float(rms(change.unsqueeze(0))[0]) > 0:
                 self.used_direction = "trajectory"
@@ -138,7 +141,7 @@ def propagation_gains(
         baseline_final: the unperturbed final latents of the same call.
         scale (`float`, defaults to 0.01): RMS of δ relative to the output's RMS; small enough to
             stay in the linear regime, large enough to stay above float32 noise.
-        direction (`str`, defaults to "trajectory"): where δ points (`DIRECTIONS`, module docstring).
+        direction (`str`, defaults to "trajectory"): where δ points (`DELTA_DIRECTIONS`, module docstring).
     """
     rows = []
     transformer = pipe.transformer
@@ -197,3 +200,20 @@ def skip_gains(
         final_error = float(rms_diff(final, baseline_final).mean())
         rows.append({"step": p, "gain": final_error / local, "local_error": local, "final_error": final_error})
     return rows
+
+
+def lag_one_errors(cache_errors: Any) -> dict[int, float]:
+    """e(p − 1, lag 1) keyed by the skipped step p, from a run's `cache_errors` rows (None: {})."""
+    if cache_errors is None:
+        return {}
+    return {int(r) + 1: float(e) for r, k, e in zip(cache_errors["step"], cache_errors["lag"],
+                                                    cache_errors["residual_error"]) if int(k) == 1 and e == e}
+
+
+def measure_gains(pipe: Any, run: Callable[[], torch.Tensor], baseline_final: torch.Tensor, steps: list[int],
+                  num_steps: int, direction: str, seed: int, cache_errors: Any) -> list[dict[str, Any]]:
+    """The `propagation` rows of one run by `direction` (`DIRECTIONS`): real skips measured against
+    the run's own `cache_errors` rows, or a perturbation δ."""
+    if direction == "cache":
+        return skip_gains(pipe, run, baseline_final, steps, num_steps, lag_one_errors(cache_errors))
+    return propagation_gains(pipe, run, baseline_final, steps, seed=seed, direction=direction)
