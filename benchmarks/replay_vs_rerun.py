@@ -34,7 +34,7 @@ from calibration.fitdata import load_fit_data
 from calibration.modefit import fit_modes
 from calibration.replay import COMPOUNDING, ReplayObjective
 from calibration.search import SearchSpace
-from calibration.shapes import KINDS, bisect_level, shape_point, static_from_shape
+from calibration.shapes import KINDS, NFE_RANGE, SHAPE_RANGES, bisect_level, shape_point, static_from_shape
 from policies.operating import FORECASTS
 
 FRACTIONS = (0.5, 0.4)
@@ -42,8 +42,8 @@ FRACTIONS = (0.5, 0.4)
 
 def draw_params(rng: np.random.Generator, space: SearchSpace) -> dict:
     """One candidate's parameters, drawn over the smooth search's ranges (`calibration.shapes`)."""
-    return {"kind": str(rng.choice(list(KINDS))), "target": float(rng.uniform(0.3, 0.85)),
-            "tilt": float(rng.uniform(-4, 4)), "bump": float(rng.uniform(-4, 4)), "bump_at": float(rng.uniform(0.1, 0.9)),
+    return {"kind": str(rng.choice(list(KINDS))), "target": float(rng.uniform(*NFE_RANGE)),
+            **{name: float(rng.uniform(*SHAPE_RANGES[name])) for name in ("tilt", "bump", "bump_at")},
             "max_skips": int(rng.integers(1, space.max_k + 1)), "warmup": int(rng.integers(0, space.max_warmup + 1)),
             "final": int(rng.integers(0, space.max_final + 1)), "forecast": str(rng.choice(list(space.forecasts)))}
 

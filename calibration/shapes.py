@@ -38,7 +38,7 @@ from calibration.objectives import Objective
 from calibration.search import SearchSpace, _zone, optimize_study
 from policies import EpsSchedule, OperatingPoint, StaticSchedule
 
-__all__ = ["KINDS", "NFE_RANGE", "bisect_level", "run_shape_search", "shape_point", "shape_warm_starts",
+__all__ = ["KINDS", "NFE_RANGE", "SHAPE_RANGES", "bisect_level", "run_shape_search", "shape_point", "shape_warm_starts",
            "static_from_shape", "trial_point"]
 
 logger = logging.getLogger(__name__)
@@ -46,6 +46,8 @@ logger = logging.getLogger(__name__)
 KINDS = ("score", "static")
 #: the compute fractions a trial's target is drawn from (the front's useful range)
 NFE_RANGE = (0.3, 0.85)
+#: the ranges a trial's shape parameters are drawn from
+SHAPE_RANGES: dict[str, tuple[float, float]] = {"tilt": (-4.0, 4.0), "bump": (-4.0, 4.0), "bump_at": (0.1, 0.9)}
 _BUMP_WIDTH = 0.2
 
 
@@ -108,9 +110,7 @@ def _suggest(trial: optuna.Trial, space: SearchSpace) -> dict[str, Any]:
     params: dict[str, Any] = {
         "kind": trial.suggest_categorical("kind", list(KINDS)),
         "target": trial.suggest_float("target", *NFE_RANGE),
-        "tilt": trial.suggest_float("tilt", -4.0, 4.0),
-        "bump": trial.suggest_float("bump", -4.0, 4.0),
-        "bump_at": trial.suggest_float("bump_at", 0.1, 0.9),
+        **{name: trial.suggest_float(name, *SHAPE_RANGES[name]) for name in ("tilt", "bump", "bump_at")},
         "max_skips": trial.suggest_int("max_skips", 1, space.max_k),
         "warmup": trial.suggest_int("warmup", 0, space.max_warmup),
         "final": trial.suggest_int("final", 0, space.max_final),
