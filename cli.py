@@ -268,7 +268,8 @@ def _add_collect(sub: argparse._SubParsersAction) -> None:
                    help="share of prompts (by hash) whose runs are marked holdout (default: %(default)s)")
     p.add_argument("--propagation", type=int, nargs="?", const=6, default=0, metavar="POINTS",
                    help="also measure the propagation gain G(p) at POINTS steps (default when given: 6); "
-                   "each point costs one more pipeline call per run")
+                   "each point costs one more pipeline call per run and reuse mode measured (the 'cache' gain "
+                   "skips the step once with each mode)")
     p.add_argument("--propagation-direction", choices=("cache", "trajectory", "random"), default="cache",
                    help="what perturbs step p: cache: step p really skipped (its final error over the measured "
                    "local error; replay of one skip is then exact); trajectory: a small δ along the output's change; "

@@ -178,11 +178,12 @@ def _collect_one(loaded: Any, prompt: str, seed: int, call: dict[str, Any], k_ma
         frame = _one_sample(sink.frame("latents"), "latents")
         latents = {int(s): v for s, v in zip(frame["step"], frame["value"])} if frame is not None else None
     cache_errors = _one_sample(sink.frame("cache_errors"), "cache_errors")
+    reuse_errors = _one_sample(sink.frame("reuse_errors"), "reuse_errors")
     propagation = None
     if propagation_points:
         n = call["num_inference_steps"]
         rows = measure_gains(pipe, run, final, propagation_steps(n, propagation_points), n, propagation_direction,
-                             seed, cache_errors)
+                             seed, cache_errors, reuse_errors)
         import pandas as pd
 
         propagation = pd.DataFrame(rows) if rows else None
@@ -190,7 +191,7 @@ def _collect_one(loaded: Any, prompt: str, seed: int, call: dict[str, Any], k_ma
         "steps": _one_sample(sink.frame("steps"), "steps"),
         "sensitivities": _one_sample(sink.frame("sensitivities"), "sensitivities"),
         "cache_errors": cache_errors,
-        "reuse_errors": _one_sample(sink.frame("reuse_errors"), "reuse_errors"),
+        "reuse_errors": reuse_errors,
         "propagation": propagation,
         "latents": latents,
     }
@@ -237,7 +238,7 @@ def collect(
         no_latents: do not store the per-step latents (for large models).
         holdout_fraction: share of prompts (by hash) whose runs are marked 'holdout'.
         propagation: also measure the propagation gain at 6 (or this many) steps; each point
-            costs one more pipeline call per run.
+            costs one more pipeline call per run and reuse mode ("cache" measures a gain per mode).
         propagation_direction: what perturbs step p ("cache": step p really skipped by the
             runtime, its final error over the store's own local error; "trajectory": a small δ
             along the output's change from the step before; "random": a Gaussian δ, which the

@@ -138,11 +138,14 @@ class FitData:
                           table or self.sensitivity_table())
 
     # --- propagation gain ----------------------------------------------------------------------
-    def gain_curve(self) -> tuple[np.ndarray, np.ndarray] | None:
-        """The median propagation gain G over runs at each measured position p, or None."""
+    def gain_curve(self, mode: str = "none") -> tuple[np.ndarray, np.ndarray] | None:
+        """The median propagation gain G of reuse mode `mode` over runs at each measured position
+        p, or None."""
         prop = self.propagation.dropna(subset=["gain"]) if len(self.propagation) else self.propagation
         if prop is None or prop.empty:
             return None
+        if "mode" in prop:
+            prop = prop[prop["mode"].astype(str) == mode]
         prop = prop.merge(self.runs[["run_id", "num_steps"]], on="run_id")
         prop = prop[np.isfinite(prop["gain"]) & (prop["gain"] > 0)]
         if prop.empty:

@@ -168,11 +168,16 @@ def skip_gains(
     baseline_final: torch.Tensor,
     steps: list[int],
     num_steps: int,
-    local_errors: Mapping[int, float],
+    local_errors: Mapping[str, Mapping[int, float]],
 ) -> list[dict[str, Any]]:
-    """Rows (step, gain, local_error, final_error) of the `propagation` table, each from a run
-    that skips step p alone (plain reuse) under the runtime: gain = final error / `local_errors[p]`
-    (the store's e(p − 1, lag 1) for this run). A step without a positive local error is left out.
+    """Rows (step, mode, gain, local_error, final_error) of the `propagation` table, each from a
+    run that skips step p alone under the runtime with reuse mode `mode`: gain = final error /
+    `local_errors[mode][p]` (the store's e(p − 1, lag 1) of that mode for this run). A step
+    without a positive local error is left out.
+
+    One gain per mode, because a mode's error points its own way: on toy-wan a "taylor" skip
+    replayed with plain reuse's gain came to 0.43–0.76 of its re-run (`benchmarks/replay_masks.py`),
+    a plain skip to 1.00–1.05.
     """
     import sencache
     from policies import EpsSchedule, OperatingPoint, Policy, config_fingerprint, constant_policy
@@ -180,40 +185,54 @@ def skip_gains(
     fingerprint = config_fingerprint(dict(pipe.transformer.config))
     base = constant_policy(0.0, fingerprint=fingerprint).to_dict()
     rows = []
-    for p in steps:
-        local = float(local_errors.get(p, 0.0) or 0.0)
-        if p <= 0 or p >= num_steps or not local > 0:
-            continue
-        # thresholds, not a static schedule: a schedule always computes the last step
-        values = tuple(1e30 if i == p else 0.0 for i in range(num_steps))
-        point = OperatingPoint("skip-one", EpsSchedule(tuple(i / (num_steps - 1) for i in range(num_steps)), values),
-                               max_skips=num_steps, forecast="none")
-        policy = Policy.from_dict({**base, "operating_points": [point.to_dict()], "default_operating_point": point.name})
-        handle = sencache.apply(pipe, policy)
-        try:
-            final = run()
-            computed = handle.report().computed
-        finally:
-            sencache.remove(pipe)
-        if bool(computed[:, p].any()) or not bool(computed[:, [i for i in range(num_steps) if i != p]].all()):
-            raise AssertionError(f"the run meant to skip step {p} alone computed {computed.tolist()}")
-        final_error = float(rms_diff(final, baseline_final).mean())
-        rows.append({"step": p, "gain": final_error / local, "local_error": local, "final_error": final_error})
+    for mode, errors in local_errors.items():
+        for p in steps:
+            local = float(errors.get(p, 0.0) or 0.0)
+            if p <= 0 or p >= num_steps or not local > 0:
+                continue
+            # thresholds, not a static schedule: a schedule always computes the last step
+            values = tuple(1e30 if i == p else 0.0 for i in range(num_steps))
+            point = OperatingPoint("skip-one", EpsSchedule(tuple(i / (num_steps - 1) for i in range(num_steps)), values),
+                                   max_skips=num_steps, forecast=mode)
+            policy = Policy.from_dict({**base, "operating_points": [point.to_dict()],
+                                       "default_operating_point": point.name})
+            handle = sencache.apply(pipe, policy)
+            try:
+                final = run()
+                computed = handle.report().computed
+            finally:
+                sencache.remove(pipe)
+            if bool(computed[:, p].any()) or not bool(computed[:, [i for i in range(num_steps) if i != p]].all()):
+                raise AssertionError(f"the run meant to skip step {p} alone computed {computed.tolist()}")
+            final_error = float(rms_diff(final, baseline_final).mean())
+            rows.append({"step": p, "mode": mode, "gain": final_error / local, "local_error": local,
+                         "final_error": final_error})
     return rows
 
 
-def lag_one_errors(cache_errors: Any) -> dict[int, float]:
-    """e(p − 1, lag 1) keyed by the skipped step p, from a run's `cache_errors` rows (None: {})."""
-    if cache_errors is None:
-        return {}
-    return {int(r) + 1: float(e) for r, k, e in zip(cache_errors["step"], cache_errors["lag"],
-                                                    cache_errors["residual_error"]) if int(k) == 1 and e == e}
+def lag_one_errors(cache_errors: Any, reuse_errors: Any = None) -> dict[str, dict[int, float]]:
+    """Per reuse mode, e(p − 1, lag 1) keyed by the skipped step p: plain reuse's from a run's
+    `cache_errors` rows, every other mode's from its `reuse_errors` rows (None: left out)."""
+    out: dict[str, dict[int, float]] = {}
+    if cache_errors is not None:
+        out["none"] = {int(r) + 1: float(e) for r, k, e in zip(cache_errors["step"], cache_errors["lag"],
+                                                               cache_errors["residual_error"]) if int(k) == 1 and e == e}
+    if reuse_errors is not None and len(reuse_errors):
+        for mode, rows in reuse_errors.groupby("mode"):
+            if str(mode) == "none":
+                continue
+            out[str(mode)] = {int(r) + 1: float(e) for r, k, e in zip(rows["step"], rows["lag"], rows["error"])
+                              if int(k) == 1 and e == e}
+    return out
 
 
 def measure_gains(pipe: Any, run: Callable[[], torch.Tensor], baseline_final: torch.Tensor, steps: list[int],
-                  num_steps: int, direction: str, seed: int, cache_errors: Any) -> list[dict[str, Any]]:
-    """The `propagation` rows of one run by `direction` (`DIRECTIONS`): real skips measured against
-    the run's own `cache_errors` rows, or a perturbation δ."""
+                  num_steps: int, direction: str, seed: int, cache_errors: Any,
+                  reuse_errors: Any = None) -> list[dict[str, Any]]:
+    """The `propagation` rows of one run by `direction` (`DIRECTIONS`): real skips of every reuse
+    mode the run measured, against its own `cache_errors` / `reuse_errors` rows, or a
+    perturbation δ (mode "none")."""
     if direction == "cache":
-        return skip_gains(pipe, run, baseline_final, steps, num_steps, lag_one_errors(cache_errors))
-    return propagation_gains(pipe, run, baseline_final, steps, seed=seed, direction=direction)
+        return skip_gains(pipe, run, baseline_final, steps, num_steps, lag_one_errors(cache_errors, reuse_errors))
+    rows = propagation_gains(pipe, run, baseline_final, steps, seed=seed, direction=direction)
+    return [dict(row, mode="none") for row in rows]

@@ -11,9 +11,11 @@ runtime cannot disagree about *what* is skipped. What a skip costs in final erro
   error (`cache_errors.residual_error`), and the trust report says so. The store measures a
   forecast from r and r − 1; at inference the forecast's second point is the previous *computed*
   step, which is r − 1 only when that step computed (`calibration.replay_trust` notes it).
-* **its propagation to the final output** — the gain G(p) measured by the perturbed runs of
-  `collect --propagation`: per run where the run has its own measured positions (the gain varies
-  between samples), else the median curve over runs, else 1.
+* **its propagation to the final output** — the gain G_m(p) measured by the runs of
+  `collect --propagation` that skip step p alone with mode m: per run where the run has its own
+  measured positions (the gain varies between samples), else plain reuse's curve, else the
+  median curve over runs, else 1. A gain per mode because each mode's error points its own way:
+  a toy-wan "taylor" skip replayed with plain reuse's gain came to 0.43–0.76 of its re-run.
 * **skips past the store's largest lag K** (a static schedule may leave longer gaps than K
   allows a score-driven point): ``e(r, K)·(lag/K)^γ_m``, the largest measured lag's error grown
   at the rate the store's own two largest lags show for that mode: γ_m = log(e(K)/e(K−1)) /
@@ -74,7 +76,8 @@ class _ReplayGroup:
     dx: np.ndarray
     dt: np.ndarray
     err: dict[str, np.ndarray]
-    gain: np.ndarray
+    #: per reuse mode, the gain [B, N] (a mode the store has no gain for carries plain reuse's)
+    gain: dict[str, np.ndarray]
 
 
 def compound(contributions: np.ndarray, segment: np.ndarray, rule: str) -> np.ndarray:
@@ -94,19 +97,28 @@ def compound(contributions: np.ndarray, segment: np.ndarray, rule: str) -> np.nd
 
 
 def _gains(runs: list, n: int, gains: np.ndarray | None, positions: np.ndarray | None,
-           run_gains: pd.DataFrame | None) -> np.ndarray:
+           run_gains: pd.DataFrame | None, modes: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """Per mode the gain [B, N]: each run's own measured curve of that mode where it has one (two
+    positions or more), else its plain-reuse curve, else the median curve `gains`."""
     p = np.arange(n) / max(n - 1, 1)
     median = np.ones(n) if gains is None else np.interp(p, positions, gains)
-    out = np.tile(median, (len(runs), 1))
+    base = np.tile(median, (len(runs), 1))
     if run_gains is None or run_gains.empty:
+        return {m: base for m in modes}
+    if "mode" not in run_gains:
+        run_gains = run_gains.assign(mode="none")
+    by_key = {key: df.sort_values("step") for key, df in run_gains.groupby(["run_id", "mode"])}
+
+    def curves(mode: str, fallback: np.ndarray) -> np.ndarray:
+        out = fallback.copy()
+        for j, run in enumerate(runs):
+            df = by_key.get((run, mode))
+            if df is not None and len(df) >= 2:
+                out[j] = np.interp(p, df["step"].to_numpy(np.float64) / max(n - 1, 1), df["gain"].to_numpy(np.float64))
         return out
-    by_run = {run: df.sort_values("step") for run, df in run_gains.groupby("run_id")}
-    for j, run in enumerate(runs):
-        df = by_run.get(run)
-        if df is None or len(df) < 2:
-            continue
-        out[j] = np.interp(p, df["step"].to_numpy(np.float64) / max(n - 1, 1), df["gain"].to_numpy(np.float64))
-    return out
+
+    plain = curves("none", base)
+    return {m: plain if m == "none" else curves(m, plain) for m in modes}
 
 
 class ReplayObjective:
@@ -127,7 +139,8 @@ class ReplayObjective:
     ) -> None:
         """`steps`: ``run_id, step, timestep``; `cache_errors`: ``run_id, step, lag, dx, dt,
         residual_error``; `reuse_errors`: ``run_id, step, lag, mode, error``; `gains` at
-        `gain_positions` (normalised p), the median curve; `run_gains`: ``run_id, step, gain``."""
+        `gain_positions` (normalised p), plain reuse's median curve; `run_gains`: ``run_id, step,
+        gain`` and optionally ``mode`` (a gain per reuse mode, store schema 3; absent: "none")."""
         if compounding not in COMPOUNDING:
             raise ValueError(f"compounding must be one of {COMPOUNDING}, got {compounding!r}")
         if cache_errors.empty:
@@ -170,7 +183,7 @@ class ReplayObjective:
                     ok = (s >= 0) & (s < n) & (k >= 1) & (k < lags)
                     err[mode][j, s[ok], k[ok]] = measured["error"].to_numpy(np.float64)[ok]
             timesteps = np.stack([t_by_run[r] for r in run_ids])
-            gain = _gains(run_ids, int(n), gains, positions, run_gains)
+            gain = _gains(run_ids, int(n), gains, positions, run_gains, self.modes)
             groups.append(_ReplayGroup(int(n), run_ids, timesteps, dx, dt, err, gain))
         if not groups:
             raise ValueError("no run has both per-step timesteps and cache errors")
@@ -182,13 +195,14 @@ class ReplayObjective:
         errors: list[float] = []
         nfes: list[float] = []
         for g in self.groups:
-            contributions, segment, computed = _replay_group(params, g, g.err[mode], self.tail_exponents[mode])
+            contributions, segment, computed = _replay_group(params, g, g.err[mode], g.gain[mode],
+                                                             self.tail_exponents[mode])
             errors.extend(compound(contributions, segment, self.compounding).tolist())
             nfes.extend(computed.tolist())
         return Evaluation(float(np.mean(errors)), float(np.mean(nfes)), errors, nfes)
 
 
-def _replay_group(params: RuleParams, g: _ReplayGroup, err: np.ndarray,
+def _replay_group(params: RuleParams, g: _ReplayGroup, err: np.ndarray, gain: np.ndarray,
                   tail: float = 1.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Run `decide` step by step for every run of the group; returns the per-step contributions
     G·e [B, N], each step's reference [B, N] and the fraction computed [B].
@@ -220,7 +234,7 @@ def _replay_group(params: RuleParams, g: _ReplayGroup, err: np.ndarray,
             top = g.dx.shape[2] - 1
             beyond = err[rows, ref, np.full(b, top)] * (lag / max(top, 1)) ** tail
             local = np.where(skipped, np.where(in_range, err[rows, ref, safe], beyond), 0.0)
-            contributions[:, i] = np.nan_to_num(local, nan=0.0) * g.gain[:, i]
+            contributions[:, i] = np.nan_to_num(local, nan=0.0) * gain[:, i]
         segment[:, i] = ref
         computed += compute
         ref = np.where(compute, i, ref)

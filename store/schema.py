@@ -43,7 +43,9 @@ __all__ = [
 
 #: 2: `reuse_errors` (the error of every reuse mode per computed step and lag) and
 #: `steps.residual_change`; a version-1 store has neither and is refused (re-collect it).
-SCHEMA_VERSION = 2
+#: 3: `propagation.mode`, a gain per reuse mode (a skip of each mode really made; a "taylor" skip's
+#: error spreads differently from plain reuse's); an older store is refused (re-collect it).
+SCHEMA_VERSION = 3
 #: the reuse modes `collect` measures, one `reuse_errors.mode` value each (`calibration.recorder`
 #: has one measurement function per mode; adding a mode adds rows, not columns)
 SPLITS = ("calib", "holdout")
@@ -152,6 +154,8 @@ propagation = sa.Table(
     METADATA,
     _run_fk(),
     sa.Column("step", sa.Integer, nullable=False, comment="step p where the error is injected"),
+    sa.Column("mode", sa.Text, nullable=False,
+              comment="the reuse mode of the skip whose error is carried ('none' for a perturbation δ)"),
     _real("gain", "final-output error per unit of error injected at step p"),
     _real("local_error", "size of the injected error (optional)"),
     _real("final_error", "resulting final-output error (optional)"),
@@ -179,7 +183,7 @@ KEY_COLUMNS: dict[str, tuple[str, ...]] = {
     "sensitivities": ("run_id", "step", "estimator"),
     "cache_errors": ("run_id", "step", "lag"),
     "reuse_errors": ("run_id", "step", "lag", "mode"),
-    "propagation": ("run_id", "step"),
+    "propagation": ("run_id", "step", "mode"),
     "latents": ("run_id", "step"),
 }
 

@@ -76,6 +76,16 @@ class _Batch:
         return out
 
 
+def _defaults(table: str, run_row: Mapping[str, Any]) -> dict[str, Any]:
+    """Columns a run's rows may leave out: the run's estimator, and a propagation gain's mode
+    ("none": a δ perturbation or a plain-reuse skip, all a schema-2 store measured)."""
+    if table == "sensitivities":
+        return {"estimator": run_row["estimator"]}
+    if table == "propagation":
+        return {"mode": "none"}
+    return {}
+
+
 def prepare_records(records: Sequence[RunRecord]) -> _Batch:
     """Validate records and convert them to Arrow, table by table over the whole batch (no database access)."""
     rows = [normalize_run_row(r.run) for r in records]
@@ -83,8 +93,7 @@ def prepare_records(records: Sequence[RunRecord]) -> _Batch:
     tables = {"runs": pa.Table.from_pylist(rows, schema=arrow_schema(TABLES["runs"]))}
     owners = {"runs": np.arange(len(rows))}
     for name in ("steps", "sensitivities", "cache_errors", "reuse_errors", "propagation"):
-        parts = [(row["run_id"], getattr(r, name), {"estimator": row["estimator"]} if name == "sensitivities" else {})
-                 for r, row in zip(records, rows)]
+        parts = [(row["run_id"], getattr(r, name), _defaults(name, row)) for r, row in zip(records, rows)]
         tables[name], owners[name] = frames_to_arrow(name, parts)
     latents = {i: latents_to_arrow(r.latents, run_ids[i]) for i, r in enumerate(records) if r.latents is not None}
     tables["latents"] = pa.concat_tables(list(latents.values())) if latents else empty_arrow_table(TABLES["latents"])

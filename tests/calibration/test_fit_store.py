@@ -51,6 +51,7 @@ def make_store(
     modes: bool = True,
     propagation: bool = True,
     propagation_direction: str = "cache",
+    gain_modes: tuple[str, ...] | None = None,
 ) -> Path:
     """Write `runs` calib + `holdout` holdout runs of the synthetic model to a new store."""
     store = CalibrationStore(path)
@@ -81,7 +82,11 @@ def make_store(
             "mag_ratio": 1.0 + d * 0.1, "residual_change": np.r_[np.nan, d[1:] * 0.5],
         })
         sens = pd.DataFrame({"step": np.arange(n), "J_x": j_x(t), "J_t": np.full(n, 0.001)}) if sensitivities else None
-        prop = pd.DataFrame({"step": np.arange(n), "gain": 10.0 * np.exp(-3.0 * np.arange(n) / (n - 1))}) \
+        # a gain per measured reuse mode (store schema 3), a forecast's twice plain reuse's
+        prop = pd.concat([pd.DataFrame({"step": np.arange(n), "mode": mode,
+                                        "gain": (1.0 if mode == "none" else 2.0) * 10.0
+                                        * np.exp(-3.0 * np.arange(n) / (n - 1))})
+                          for mode in (gain_modes or (("none", "linear") if modes else ("none",)))]) \
             if propagation else None
         run = {
             "model_name": model_name, "model_fingerprint": fingerprint, "pipeline_class": "WanPipeline",

@@ -105,6 +105,24 @@ def test_a_store_whose_gains_came_from_a_small_perturbation_warns(tmp_path):
     assert "--propagation 8" in trust.remedy
 
 
+def test_a_forecast_point_is_carried_by_its_own_modes_gain(data, tmp_path):
+    # Fails when every mode is carried by plain reuse's gain (schema 2): the synthetic linear gain
+    # is twice plain reuse's at every step, so the linear point's replayed error doubles.
+    own = _replay(data, run_gains=data.propagation, compounding="linear")
+    plain_gains = data.propagation[data.propagation["mode"] == "none"]
+    borrowed = _replay(data, run_gains=plain_gains, compounding="linear")
+    linear = own.evaluate(PREDICTOR, _even("linear")).error
+    assert linear == pytest.approx(2.0 * borrowed.evaluate(PREDICTOR, _even("linear")).error, rel=1e-9)
+    assert own.evaluate(PREDICTOR, _even()).error == pytest.approx(borrowed.evaluate(PREDICTOR, _even()).error)
+    # and a store that lacks a measured mode's gain says so, with the command that measures it
+    db = make_store(tmp_path / "plain-gain.duckdb", runs=4, holdout=2, gain_modes=("none",))
+    trust = replay_trust(load_fit_data(db))
+    assert trust.gain_modes == ("none",) and trust.thin
+    assert any("no propagation gain of reuse mode(s) linear" in p for p in trust.problems)
+    assert "--propagation 8" in trust.remedy
+    assert replay_trust(data).gain_modes == ("linear", "none")
+
+
 def test_a_static_gap_past_the_stores_largest_lag_still_costs_error(data):
     # Fails when replay counts a skip beyond the measured lags as free (NaN → 0).
     top = int(data.cache_errors["lag"].max())
