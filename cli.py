@@ -143,6 +143,7 @@ def _cmd_fit(args: argparse.Namespace) -> int:
         model=args.model,
         show_progress=not args.quiet and sys.stderr.isatty(),
         validate=args.validate,
+        static_evals=args.static_evals,
     )
     print(fit_result_path(args.db))
     return EXIT_OK
@@ -176,6 +177,10 @@ def _add_fit(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--storage", default=None, help="Optuna storage URL or journal file (default: <store>.optuna.log)")
     p.add_argument("--knots", type=int, default=10, help="threshold knots over the step position, 8-16 (default: %(default)s)")
     p.add_argument("--model", default=None, help="model to re-run (default: the store's model name)")
+    p.add_argument("--static-evals", type=int, default=40, metavar="EVALS",
+                   help="evaluations per operating point spent moving the best static schedule's computed steps "
+                   "one at a time while the error falls; the result competes for the point and is a candidate "
+                   "static twin; 0 turns it off (default: %(default)s)")
 
 
 # --- export ------------------------------------------------------------------------------------

@@ -194,9 +194,11 @@ def _refine(objective: Objective, predictor: Predictor, point: OperatingPoint, n
 
 def _choose_points(front: list[optuna.trial.FrozenTrial], space: SearchSpace, targets: dict[str, float],
                    objective: Objective, predictor: Predictor, refine_evals: int,
-                   point_of: Any = None) -> list[dict[str, Any]]:
+                   point_of: Any = None, static_evals: int = 0) -> list[dict[str, Any]]:
     """Per target: the best front trial at or below it, and the nearest above it, each scaled to the
-    target (`_refine`), and evenly spaced skipping at the target; the lower calib error wins.
+    target (`_refine`), evenly spaced skipping at the target, and the best static one of those
+    with its steps moved while the error falls (`calibration.static_refine`, `static_evals`
+    evaluations; 0: not refined); the lower calib error wins.
 
     Evenly spaced skipping is a candidate because it is the baseline to beat (docs/design.md, "What an
     experiment found"): with few trials the search can miss it, and a fitted point that is worse
@@ -232,6 +234,19 @@ def _choose_points(front: list[optuna.trial.FrozenTrial], space: SearchSpace, ta
             # order -1: on a tie (the same mask) the simpler claim wins
             options.append((measured.nfe_fraction > target + NFE_TOLERANCE, measured.error, -measured.nfe_fraction,
                             -1, "uniform", None, even, measured.nfe_fraction))
+        refined = None
+        statics = [o for o in options if o[6].static and not o[0]]
+        if static_evals > 0 and statics:
+            from calibration.static_refine import refine_static
+
+            start = min(statics, key=lambda o: o[:4])
+            found = refine_static(objective, predictor, start[6], space.num_steps, static_evals, start_error=start[1])
+            if found.moves:
+                refined = {"point": found.point, "from": start[4], "trial": start[5], "start_error": found.start_error,
+                           "error": found.error, "nfe_fraction": found.nfe_fraction, "moves": found.moves,
+                           "evaluations": found.evaluations}
+                options.append((found.nfe_fraction > target + NFE_TOLERANCE, found.error, -found.nfe_fraction,
+                                len(options), f"static refined ({start[4]})", start[5], found.point, found.nfe_fraction))
         over, err, _, _, origin, number, point, nfe = min(options, key=lambda o: o[:4])
         if over:
             logger.warning("no point computes <= %.2f of the steps; %r computes %.2f", target, name, nfe)
@@ -239,7 +254,7 @@ def _choose_points(front: list[optuna.trial.FrozenTrial], space: SearchSpace, ta
             logger.warning("%r: evenly spaced skipping beat every searched point on the calibration runs "
                            "(error %.4g at NFE %.2f); it ships as this operating point", name, err, nfe)
         chosen.append({"name": name, "target": target, "trial": number, "origin": origin, "point": point,
-                       "calib": {"error": err, "nfe_fraction": nfe}})
+                       "calib": {"error": err, "nfe_fraction": nfe}, "refined_static": refined})
     return chosen
 
 
@@ -335,6 +350,7 @@ def fit(
     refine_evals: int = 4,
     validate: str | None = None,
     search: str = "smooth",
+    static_evals: int = 40,
 ) -> dict[str, Any]:
     """Fit a policy's predictor and operating points from the store at `db`; returns the result.
 
@@ -354,11 +370,16 @@ def fit(
         search: ``"smooth"`` (default: ε(p) from a level, a tilt and a bump, the level bisected
             to each trial's target compute, and static schedules searched beside them;
             `calibration.shapes`) or ``"knots"`` (one free log ε per knot; `calibration.search`).
+        static_evals: evaluations per target spent moving the best static schedule's steps
+            (`calibration.static_refine`); the refined schedule competes for the point and is a
+            candidate static twin. 0 turns it off.
     """
     if isinstance(trials, bool) or not isinstance(trials, int) or trials < 1:
         raise InputError(f"--trials must be a positive integer, got {trials!r}; e.g. `sencache-calibrate fit --db {db} --trials 60`")
     if not 8 <= int(knots) <= 16:
         raise InputError(f"--knots must lie in 8..16, got {knots}")
+    if isinstance(static_evals, bool) or not isinstance(static_evals, int) or static_evals < 0:
+        raise InputError(f"--static-evals must be a non-negative integer, got {static_evals!r}")
     if search not in ("smooth", "knots"):
         raise InputError(f"--search must be smooth or knots, got {search!r}")
     for flag, value in (("--objective", objective), ("--validate", validate)):
@@ -421,7 +442,7 @@ def fit(
         run_search(study, calib_obj, predictors, space, trials, starts, show_progress)
 
     front = pareto_front(study)
-    chosen = _choose_points(front, space, targets, calib_obj, predictors, refine_evals, point_of)
+    chosen = _choose_points(front, space, targets, calib_obj, predictors, refine_evals, point_of, static_evals)
     checker = objectives if validate_kind == kind else _Objectives(validate_kind, data, table, model)
     holdout_obj = _costed(checker.for_split("holdout"), costs)
     validation = "holdout" if holdout_obj is not None else "calib (no holdout runs in the store)"
@@ -440,7 +461,9 @@ def fit(
         if search == "smooth" and holdout_obj is not None and not c["point"].static:
             from calibration.shapes import static_twin
 
-            twin = static_twin(study, c["point"], c["target"], space, calib_obj, holdout_obj, predictors, measured)
+            extra = [("static refined", c["refined_static"]["point"])] if c["refined_static"] else []
+            twin = static_twin(study, c["point"], c["target"], space, calib_obj, holdout_obj, predictors, measured,
+                               extra=extra)
             c["twin"] = twin.to_dict()
             logger.info("%r vs its static twin (%s): paired holdout error difference %+.4g ± %.2g over %d runs",
                         c["name"], twin.origin, twin.mean_difference, twin.standard_error, twin.runs)
@@ -456,7 +479,9 @@ def fit(
         points.append({**c["point"].to_dict(), "expected_nfe_fraction": max(measured.nfe_fraction, 1e-6),
                        "expected_error": measured.error, "target_nfe_fraction": c["target"], "trial": c["trial"],
                        "origin": c["origin"], "score_driven": not c["point"].static, "static_twin": c["twin"],
-                       "calib": c["calib"], "validation": measured.to_dict()})
+                       "calib": c["calib"], "validation": measured.to_dict(),
+                       "refined_static": None if c["refined_static"] is None else
+                       {**c["refined_static"], "point": c["refined_static"]["point"].to_dict()}})
     paper_in_units = _rescaled_paper(pairs, predictor)
     measured = check_obj.evaluate(predictor, paper_in_units)
     paper_in_units = replace(paper_in_units, expected_nfe_by_steps=_nfe_by_steps(

@@ -108,7 +108,8 @@ def quickstart(
     prompt_list = default_prompts(model, count=prompts)
     stage("collect", collect, model=model, prompts=prompt_list, seeds=seeds, steps=steps, db=store,
           propagation=True, progress=progress)
-    stage("fit", fit, store, trials=trials, seed=0, model=model, show_progress=progress)
+    # half the fit's default refinement budget: the quickstart trades some of the fit for minutes
+    stage("fit", fit, store, trials=trials, seed=0, model=model, show_progress=progress, static_evals=20)
     policy_path = out / f"{Path(model).name}.json"
     stage("export", export, store, policy_path)
     bench_dir = out / "bench"

@@ -28,7 +28,7 @@ import json
 import logging
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -210,8 +210,6 @@ class Twin:
 def _with_fraction(point: OperatingPoint, target: float, name: str, space: SearchSpace | None = None) -> OperatingPoint:
     """A static point's shape at another compute fraction (fewer steps where its mode's skips cost
     something: `space.skip_costs`)."""
-    from dataclasses import replace
-
     if space is not None and space.skip_costs.of(point.forecast):
         target = space.static_fraction(point.forecast, target)
     return replace(point, name=name, schedule=StaticSchedule(point.schedule.compute_at, float(target)),
@@ -220,13 +218,14 @@ def _with_fraction(point: OperatingPoint, target: float, name: str, space: Searc
 
 def static_twin(study: optuna.Study, point: OperatingPoint, target: float, space: SearchSpace,
                 calib: Objective, holdout: Objective, predictors: Any, measured: Any,
-                candidates: int = 3) -> Twin:
+                candidates: int = 3, extra: list[tuple[str, OperatingPoint]] = ()) -> Twin:
     """The best static schedule of the same search and reuse mode at `target`, and the paired
     holdout difference `point` − twin (per run; > 0: the twin is closer to full compute).
 
-    Candidates: evenly spaced, and the `candidates` static trials of the same forecast whose own
-    target lay nearest, each rebuilt at `target` and measured on the calibration runs; the best
-    there is the twin. `measured` is `point`'s holdout `Evaluation` (its per-run errors pair with
+    Candidates: evenly spaced, the `candidates` static trials of the same forecast whose own
+    target lay nearest, each rebuilt at `target`, and `extra` (origin, point) pairs of that
+    forecast (the refined static schedule, `calibration.static_refine`), each measured on the
+    calibration runs; the best there is the twin. `measured` is `point`'s holdout `Evaluation` (its per-run errors pair with
     the twin's: the same runs in the same order).
     """
     from policies.schedule import evenly_spaced
@@ -241,6 +240,7 @@ def static_twin(study: optuna.Study, point: OperatingPoint, target: float, space
     static.sort(key=lambda t: (abs(float(t.params.get("target", t.values[1])) - target), t.values[0]))
     for t in static[:candidates]:
         options.append((f"search (trial {t.number})", _with_fraction(trial_point(t, name), target, name, space)))
+    options += [(origin, replace(p, name=name)) for origin, p in extra if p.static and p.forecast == point.forecast]
     scored = [(calib.evaluate(predictors, p).error, i, origin, p) for i, (origin, p) in enumerate(options)]
     _, _, origin, twin = min(scored, key=lambda s: s[:2])
     twin_holdout = holdout.evaluate(predictors, twin)

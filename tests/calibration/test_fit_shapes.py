@@ -108,3 +108,25 @@ def test_a_twin_measured_on_one_holdout_run_writes_a_null_standard_error():
     out = twin.to_dict()
     assert out["standard_error"] is None and math.isnan(twin.standard_error)
     json.dumps(out, allow_nan=False)
+
+
+def test_the_refined_static_schedule_competes_for_each_point_and_never_loses_on_the_calibration_runs(synth, tmp_path):
+    # With the refinement off the fit keeps the best static trial as it was drawn; on, the moved
+    # schedule is one more candidate, so no point's calibration error can rise (same study seed).
+    off = fit(synth, trials=8, objective="replay", seed=0, storage=str(tmp_path / "off.log"), show_progress=False,
+              plot=False, static_evals=0)
+    on = fit(synth, trials=8, objective="replay", seed=0, storage=str(tmp_path / "on.log"), show_progress=False,
+             plot=False, static_evals=30)
+    by_name = {p["name"]: p for p in off["operating_points"] if "target_nfe_fraction" in p}
+    refined = 0
+    for p in (p for p in on["operating_points"] if "target_nfe_fraction" in p):
+        assert p["calib"]["error"] <= by_name[p["name"]]["calib"]["error"] + 1e-12
+        assert by_name[p["name"]]["refined_static"] is None
+        if p["refined_static"]:
+            refined += 1
+            r = p["refined_static"]
+            assert r["error"] < r["start_error"] and 0 < r["evaluations"] <= 30 and r["moves"] >= 1
+    assert refined >= 1
+    with pytest.raises(Exception, match="--static-evals"):
+        fit(synth, trials=1, objective="replay", storage=str(tmp_path / "bad.log"), show_progress=False, plot=False,
+            static_evals=-1)
