@@ -194,11 +194,14 @@ def _refine(objective: Objective, predictor: Predictor, point: OperatingPoint, n
 
 def _choose_points(front: list[optuna.trial.FrozenTrial], space: SearchSpace, targets: dict[str, float],
                    objective: Objective, predictor: Predictor, refine_evals: int,
-                   point_of: Any = None, static_evals: int = 0) -> list[dict[str, Any]]:
+                   point_of: Any = None, static_evals: int = 0,
+                   nfe_of: Any = None) -> list[dict[str, Any]]:
     """Per target: the best front trial at or below it, and the nearest above it, each scaled to the
     target (`_refine`), evenly spaced skipping at the target, and the best static one of those
     with its steps moved while the error falls (`calibration.static_refine`, `static_evals`
-    evaluations; 0: not refined); the lower calib error wins.
+    evaluations; 0: not refined) with, when `nfe_of` (a point's compute on the replay of the
+    calibration runs) is given, the score-driven point shaped like it (`mask_shaped_point`, its
+    level bisected to the target); the lower calib error wins.
 
     Evenly spaced skipping is a candidate because it is the baseline to beat (docs/design.md, "What an
     experiment found"): with few trials the search can miss it, and a fitted point that is worse
@@ -247,6 +250,15 @@ def _choose_points(front: list[optuna.trial.FrozenTrial], space: SearchSpace, ta
                            "evaluations": found.evaluations}
                 options.append((found.nfe_fraction > target + NFE_TOLERANCE, found.error, -found.nfe_fraction,
                                 len(options), f"static refined ({start[4]})", start[5], found.point, found.nfe_fraction))
+            if nfe_of is not None:
+                from calibration.shapes import bisect, mask_shaped_point
+
+                static = found.point
+                level = bisect(lambda lv: mask_shaped_point(static, space, lv, name), space, nfe_of, target)
+                shaped = mask_shaped_point(static, space, level, name)
+                result = objective.evaluate(predictor, shaped)
+                options.append((result.nfe_fraction > target + NFE_TOLERANCE, result.error, -result.nfe_fraction,
+                                len(options), "score on the static mask", start[5], shaped, result.nfe_fraction))
         over, err, _, _, origin, number, point, nfe = min(options, key=lambda o: o[:4])
         if over:
             logger.warning("no point computes <= %.2f of the steps; %r computes %.2f", target, name, nfe)
@@ -427,22 +439,26 @@ def fit(
                   f"{(data.digest or 'nodigest')[:12]}")
     study = open_study(_storage(storage, data.path), seed, study_name)
     paper_ratio = _paper_ratio(pairs, predictor)
-    point_of = None
+    point_of = nfe_of = None
     if search == "smooth":
         from calibration.shapes import run_shape_search, shape_warm_starts, trial_point
 
         # the level bisection runs on the replay of the stored calibration trajectories: no model run
         replay_calib = (calib_obj if kind == "replay" else
                         _costed(_Objectives("replay", data, table, model).for_split("calib"), costs))
+        def nfe_of(point: OperatingPoint) -> float:
+            return replay_calib.evaluate(predictors, point).nfe_fraction
+
         run_shape_search(study, calib_obj, predictors, space, trials, shape_warm_starts(space, tuple(targets.values())),
-                         lambda point: replay_calib.evaluate(predictors, point).nfe_fraction, show_progress)
+                         nfe_of, show_progress)
         point_of = trial_point
     else:
         starts = warm_starts(space, typical, knot_gain, paper_levels=(0.1 * paper_ratio, 0.2 * paper_ratio))
         run_search(study, calib_obj, predictors, space, trials, starts, show_progress)
 
     front = pareto_front(study)
-    chosen = _choose_points(front, space, targets, calib_obj, predictors, refine_evals, point_of, static_evals)
+    chosen = _choose_points(front, space, targets, calib_obj, predictors, refine_evals, point_of, static_evals,
+                            nfe_of)
     checker = objectives if validate_kind == kind else _Objectives(validate_kind, data, table, model)
     holdout_obj = _costed(checker.for_split("holdout"), costs)
     validation = "holdout" if holdout_obj is not None else "calib (no holdout runs in the store)"

@@ -38,8 +38,8 @@ from calibration.objectives import Objective
 from calibration.search import SearchSpace, _zone, optimize_study
 from policies import EpsSchedule, OperatingPoint, StaticSchedule
 
-__all__ = ["KINDS", "NFE_RANGE", "SHAPE_RANGES", "bisect_level", "run_shape_search", "shape_point", "shape_warm_starts",
-           "static_from_shape", "trial_point"]
+__all__ = ["KINDS", "NFE_RANGE", "SHAPE_RANGES", "bisect", "bisect_level", "mask_shaped_point", "run_shape_search",
+           "shape_point", "shape_warm_starts", "static_from_shape", "trial_point"]
 
 logger = logging.getLogger(__name__)
 
@@ -90,11 +90,39 @@ def bisect_level(params: dict[str, Any], space: SearchSpace, nfe_of: Callable[[O
                  target: float, evals: int = 8) -> float:
     """The log-ε level at which `params`' point computes closest to `target` (NFE falls as the level
     rises); bisection over the space's ε range, `evals` evaluations of `nfe_of`."""
+    return bisect(lambda level: shape_point(params, space, level), space, nfe_of, target, evals)
+
+
+def mask_shaped_point(static: OperatingPoint, space: SearchSpace, level: float, name: str | None = None) -> OperatingPoint:
+    """A score-driven point that follows a static schedule's density: log ε at step i is `level`
+    plus log(L − ½), L the length of the schedule's gap that holds i (1 where the schedule
+    computes two steps in a row, so ε there sits below one lag's score), K the longest run of
+    skips the schedule makes. The score then moves the schedule's skips per sample, where it says
+    a sample can afford them, instead of putting them at the same steps for every sample."""
+    n = space.num_steps
+    steps = sorted(static.schedule.steps(n))
+    gaps = np.ones(n)
+    for a, b in zip(steps[:-1], steps[1:]):
+        gaps[a:b] = b - a
+    gaps[-1] = gaps[-2] if n > 1 else 1.0
+    values = np.exp(np.clip(level + np.log(gaps - 0.5), -700.0, 700.0))
+    return OperatingPoint(
+        name=name or static.name,
+        eps=EpsSchedule(tuple(i / max(n - 1, 1) for i in range(n)), tuple(float(v) for v in values)),
+        max_skips=int(max(1, int(gaps.max()) - 1)),
+        forecast=static.forecast,
+    )
+
+
+def bisect(point_at: Callable[[float], OperatingPoint], space: SearchSpace, nfe_of: Callable[[OperatingPoint], float],
+           target: float, evals: int = 8) -> float:
+    """The log-ε level at which `point_at(level)` computes closest to `target` (NFE falls as the
+    level rises); bisection over the space's ε range, `evals` evaluations of `nfe_of`."""
     lo, hi = space.log_lo, space.log_hi
     best_level, best_gap = hi, math.inf
     for _ in range(max(1, evals)):
         mid = 0.5 * (lo + hi)
-        nfe = float(nfe_of(shape_point(params, space, mid)))
+        nfe = float(nfe_of(point_at(mid)))
         if abs(nfe - target) < best_gap:
             best_level, best_gap = mid, abs(nfe - target)
         if nfe > target:

@@ -55,3 +55,19 @@ def test_refinement_refuses_a_score_driven_point():
     point = OperatingPoint("s", EpsSchedule((0.0, 1.0), (1.0, 1.0)))
     with pytest.raises(ValueError, match="score-driven"):
         refine_static(MaskObjective(), None, point, N)
+
+
+def test_a_mask_shaped_point_is_strict_where_the_mask_is_dense_and_allows_its_longest_skip_run():
+    from calibration.search import SearchSpace
+    from calibration.shapes import mask_shaped_point
+
+    space = SearchSpace(knots=12, log_lo=-10.0, log_hi=5.0, num_steps=N)
+    static = OperatingPoint("balanced", schedule=mask_schedule(set(BEST), N), forecast="taylor")
+    point = mask_shaped_point(static, space, 0.0)
+    eps = dict(zip((round(p * (N - 1)) for p in point.eps.positions), point.eps.values))
+    assert eps[27] == pytest.approx(0.5) and eps[28] == pytest.approx(0.5)  # 27, 28, 29 computed in a row
+    assert eps[7] == pytest.approx(2.5) and eps[8] == pytest.approx(2.5)    # 7 → 10: a gap of 3
+    assert eps[0] == pytest.approx(1.5)                                     # 0 → 2
+    assert point.max_skips == 2 and point.forecast == "taylor" and not point.static
+    # on a flat score s the rule skips where ε ≥ the score: a higher level skips more
+    assert mask_shaped_point(static, space, 1.0).eps.values[7] > point.eps.values[7]
