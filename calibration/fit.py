@@ -265,8 +265,14 @@ def _choose_points(front: list[optuna.trial.FrozenTrial], space: SearchSpace, ta
         if origin == "uniform":
             logger.warning("%r: evenly spaced skipping beat every searched point on the calibration runs "
                            "(error %.4g at NFE %.2f); it ships as this operating point", name, err, nfe)
+        scored = [o for o in options if not o[6].static and not o[0]]
+        best_score = None
+        if point.static and scored:
+            o = min(scored, key=lambda o: o[:4])
+            best_score = {"origin": o[4], "trial": o[5], "point": o[6], "calib": {"error": o[1], "nfe_fraction": o[7]}}
         chosen.append({"name": name, "target": target, "trial": number, "origin": origin, "point": point,
-                       "calib": {"error": err, "nfe_fraction": nfe}, "refined_static": refined})
+                       "calib": {"error": err, "nfe_fraction": nfe}, "refined_static": refined,
+                       "best_score_driven": best_score})
     return chosen
 
 
@@ -472,12 +478,20 @@ def fit(
                        holdout_runs, MIN_HOLDOUT_RUNS, data.model_name, data.path,
                        2 * max(1, int(data.runs["seed"].nunique())))
     for c in chosen:
+        extra = [("static refined", c["refined_static"]["point"])] if c["refined_static"] else []
+        alternative = c["best_score_driven"]
+        if search == "smooth" and holdout_obj is not None and alternative is not None:
+            # A static schedule won on the calibration runs, but the holdout runs judge score against
+            # schedule alike in both directions: the best score-driven candidate is tried against it
+            # (its static twin is then that schedule, or a better one on the calibration runs).
+            extra.append((f"calibration choice ({c['origin']})", c["point"]))
+            c.update(origin=alternative["origin"], trial=alternative["trial"], point=alternative["point"],
+                     calib=alternative["calib"])
         measured = check_obj.evaluate(predictors, c["point"])
         c["twin"] = None
         if search == "smooth" and holdout_obj is not None and not c["point"].static:
             from calibration.shapes import static_twin
 
-            extra = [("static refined", c["refined_static"]["point"])] if c["refined_static"] else []
             twin = static_twin(study, c["point"], c["target"], space, calib_obj, holdout_obj, predictors, measured,
                                extra=extra)
             c["twin"] = twin.to_dict()
