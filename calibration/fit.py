@@ -480,10 +480,12 @@ def fit(
     for c in chosen:
         extra = [("static refined", c["refined_static"]["point"])] if c["refined_static"] else []
         alternative = c["best_score_driven"]
+        displaced = None
         if search == "smooth" and holdout_obj is not None and alternative is not None:
             # A static schedule won on the calibration runs, but the holdout runs judge score against
             # schedule alike in both directions: the best score-driven candidate is tried against it
             # (its static twin is then that schedule, or a better one on the calibration runs).
+            displaced = {key: c[key] for key in ("origin", "trial", "point", "calib")}
             extra.append((f"calibration choice ({c['origin']})", c["point"]))
             c.update(origin=alternative["origin"], trial=alternative["trial"], point=alternative["point"],
                      calib=alternative["calib"])
@@ -504,6 +506,18 @@ def fit(
                 c["origin"] = f"static twin ({twin.origin})"
                 c["point"] = replace(twin.point, name=c["name"])
                 measured = check_obj.evaluate(predictors, c["point"])
+        if displaced is not None and displaced["point"].forecast != c["point"].forecast:
+            # the twin is of the point's own reuse mode; the calibration choice of another mode
+            # still ships if the holdout runs find it closer to full compute than what won
+            theirs = check_obj.evaluate(predictors, displaced["point"])
+            if theirs.error < measured.error:
+                logger.info("%r: the calibration choice (%s, forecast %s) beats the score-driven point and its "
+                            "twin on the holdout runs (%.4g against %.4g): it ships", c["name"], displaced["origin"],
+                            displaced["point"].forecast, theirs.error, measured.error)
+                if c["twin"] is not None:
+                    c["twin"]["replaced"] = c["point"].to_dict()
+                c.update(displaced)
+                measured = theirs
         c["point"] = replace(c["point"], expected_nfe_by_steps=_nfe_by_steps(checker, check_obj, predictors, c["point"],
                                                                              data, measured.nfe_fraction))
         points.append({**c["point"].to_dict(), "expected_nfe_fraction": max(measured.nfe_fraction, 1e-6),
