@@ -165,3 +165,36 @@ def test_a_static_calibration_choice_still_meets_the_best_score_driven_candidate
         twin = p["static_twin"]
         assert twin is not None, p["name"]
         assert p["score_driven"] is ("replaced" not in twin)
+
+
+def test_a_score_driven_point_scaled_down_to_a_lower_target_may_take_one_more_skip_in_a_row():
+    # Before, a K = 1 point from above 0.5 could never reach 0.4 (K = 1 computes at least half the
+    # steps), so a static schedule shipped there although a K = 2 point would have met the target.
+    import json
+    import math
+
+    import optuna
+
+    from calibration.fit import _choose_points
+    from calibration.objectives import Evaluation
+    from calibration.search import SearchSpace
+    from calibration.shapes import trial_point
+    from policies import EpsSchedule, OperatingPoint
+
+    class Stub:
+        kind = "stub"
+
+        def evaluate(self, predictors, point):
+            if point.static:
+                nfe = point.schedule.fraction(12)
+                return Evaluation(1.0, nfe, [1.0], [nfe])
+            nfe = min(1.0, max(1.0 / (point.max_skips + 1), 0.9 - 0.1 * math.log(point.eps.values[0])))
+            return Evaluation(0.1, nfe, [0.1], [nfe])
+
+    point = OperatingPoint("c", EpsSchedule((0.0, 1.0), (1.0, 1.0)), max_skips=1, forecast="none")
+    trial = optuna.trial.create_trial(params={}, distributions={}, values=[0.1, 0.9],
+                                      user_attrs={"point": json.dumps(point.to_dict()), "kind": "score"})
+    space = SearchSpace(knots=12, log_lo=-10.0, log_hi=10.0, num_steps=12)
+    chosen = _choose_points([trial], space, {"fast": 0.4}, Stub(), None, refine_evals=12, point_of=trial_point)
+    assert chosen[0]["origin"] == "search (K + 1)" and chosen[0]["point"].max_skips == 2
+    assert chosen[0]["calib"]["nfe_fraction"] <= 0.4 + 0.02
