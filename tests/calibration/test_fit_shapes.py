@@ -179,7 +179,7 @@ def test_a_score_driven_point_scaled_down_to_a_lower_target_may_take_one_more_sk
     from calibration.objectives import Evaluation
     from calibration.search import SearchSpace
     from calibration.shapes import trial_point
-    from policies import EpsSchedule, OperatingPoint
+    from policies import EpsSchedule, OperatingPoint, evenly_spaced
 
     class Stub:
         kind = "stub"
@@ -198,3 +198,14 @@ def test_a_score_driven_point_scaled_down_to_a_lower_target_may_take_one_more_sk
     chosen = _choose_points([trial], space, {"fast": 0.4}, Stub(), None, refine_evals=12, point_of=trial_point)
     assert chosen[0]["origin"] == "search (K + 1)" and chosen[0]["point"].max_skips == 2
     assert chosen[0]["calib"]["nfe_fraction"] <= 0.4 + 0.02
+    # the same from the point chosen at the next higher target, when the front's nearest trial above
+    # the lower target is a static schedule (no seed to scale down)
+    static = OperatingPoint("s", schedule=evenly_spaced(0.45, 12))
+    static_trial = optuna.trial.create_trial(params={}, distributions={}, values=[1.0, 0.45],
+                                             user_attrs={"point": json.dumps(static.to_dict()), "kind": "static"})
+    at_half = optuna.trial.create_trial(params={}, distributions={}, values=[0.1, 0.5],
+                                        user_attrs={"point": json.dumps(point.to_dict()), "kind": "score"})
+    chosen = _choose_points([at_half, static_trial], space, {"balanced": 0.5, "fast": 0.4}, Stub(), None,
+                            refine_evals=12, point_of=trial_point)
+    assert chosen[0]["point"].max_skips == 1 and not chosen[0]["point"].static
+    assert chosen[1]["origin"] == "balanced with K + 1" and chosen[1]["point"].max_skips == 2
