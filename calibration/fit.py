@@ -355,12 +355,19 @@ def _nfe_by_steps(objectives: _Objectives, objective: Objective, predictors: dic
     return tuple((int(k), max(v, 1e-6)) for k, v in measured.items())
 
 
-def _skip_costs(objectives: _Objectives | None, forecasts: tuple[str, ...]) -> SkipCosts:
+def _skip_costs(objectives: _Objectives | None, forecasts: tuple[str, ...],
+                stored: dict[str, float] | None = None) -> SkipCosts:
     """What a skipped step of each searched mode still computes, measured on the model when the fit
-    has it (`calibration.compute_cost`); without it a "taylor" point's compute counts only its
-    computed steps, and the log says so."""
+    has it (`calibration.compute_cost`), else as `collect` measured it (`stored`, the store's
+    meta); with neither a "taylor" point's compute counts only its computed steps, and the log
+    says so."""
     if "taylor" not in forecasts:
         return SkipCosts()
+    if objectives is None and stored is not None:
+        costs = SkipCosts(taylor=float(stored.get("taylor", 0.0)))
+        logger.info("a 'taylor' skip still runs %.2f%% of a step's block-stack Linear MACs (measured by collect)",
+                    100 * costs.taylor)
+        return costs
     if objectives is None:
         logger.warning("replay without the model: a 'taylor' point's compute counts only its computed steps, not "
                        "the norms and modulation a skipped step still runs (pass --validate rerun to measure them)")
@@ -456,7 +463,7 @@ def fit(
     forecasts = ("none", "linear", "taylor") if kind == "rerun" else \
         tuple(m for m in ("none", "linear", "taylor") if m == "none" or m in measured_modes)
     objectives = _Objectives(kind, data, table, model)
-    costs = _skip_costs(objectives if "rerun" in (kind, validate_kind) else None, forecasts)
+    costs = _skip_costs(objectives if "rerun" in (kind, validate_kind) else None, forecasts, data.skip_costs)
     space = SearchSpace.from_scores(scores.to_numpy(np.float64), knots, data.num_steps, forecasts=forecasts,
                                     skip_costs=costs)
     gains = data.gain_curve()

@@ -47,6 +47,8 @@ class FitData:
     digest: str = ""
     #: per (run, step, lag, reuse mode) the measured error (store schema 2); may be empty
     reuse_errors: pd.DataFrame = field(default_factory=pd.DataFrame)
+    #: what a skipped step of each mode still computes, measured by `collect` (None: not measured)
+    skip_costs: dict[str, float] | None = None
 
     # --- what the runs share -------------------------------------------------------------------
     @property
@@ -206,6 +208,7 @@ def load_fit_data(db: str | Path, model: str | None = None) -> FitData:
         errors = _frame(store, "cache_errors")
         prop = _frame(store, "propagation")
         reuse = _frame(store, "reuse_errors") if hasattr(store, "reuse_errors") else pd.DataFrame()
+        costs = _json(dict(getattr(store, "meta", {}) or {}).get("skip_costs"))
     finally:
         close = getattr(store, "close", None)
         if close is not None:
@@ -249,4 +252,5 @@ def load_fit_data(db: str | Path, model: str | None = None) -> FitData:
             f"{path}: every run is in the holdout split; the fit needs calibration runs. "
             f"Collect some with {_collect_cmd(path, model)} (split calib)"
         )
-    return FitData(path, runs.reset_index(drop=True), steps, sens, errors, prop, estimator, digest, reuse)
+    return FitData(path, runs.reset_index(drop=True), steps, sens, errors, prop, estimator, digest, reuse,
+                   costs if isinstance(costs, dict) else None)

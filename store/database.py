@@ -172,6 +172,19 @@ class CalibrationStore:
         """The `meta` table: schema_version, model_fingerprint, created, package_version."""
         return dict(self._meta)
 
+    def set_meta(self, key: str, value: str) -> None:
+        """Write one `meta` entry (a fact about the store's model that `fit` reads without the
+        model, e.g. `skip_costs`); the schema's own keys are not for writing."""
+        if self.read_only:
+            raise InputError(f"{self.path}: opened read-only; cannot write meta {key!r}")
+        if key in ("schema_version", "model_fingerprint", "created", "package_version"):
+            raise ValueError(f"meta key {key!r} belongs to the store itself")
+        table = TABLES["meta"]
+        with self._engine.begin() as conn:
+            conn.execute(sa.delete(table).where(table.c.key == key))
+            conn.execute(sa.insert(table), [{"key": key, "value": str(value)}])
+        self._meta[key] = str(value)
+
     @property
     def model_fingerprint(self) -> str | None:
         return self._meta.get("model_fingerprint") or None

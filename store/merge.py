@@ -149,6 +149,9 @@ def _merge_into(shards: list[Path], tmp: Path, report: MergeReport) -> None:
         metas = {path: _read_shard_meta(con, alias, path) for path, alias in aliases.items()}
         fingerprint = _check_agreement(metas)
         con.execute("UPDATE meta SET value = ? WHERE key = 'model_fingerprint'", [fingerprint])
+        costs = next((m["skip_costs"] for m in metas.values() if m.get("skip_costs")), None)
+        if costs is not None:  # measured on the same model by every shard's collect
+            con.execute("INSERT INTO meta (key, value) VALUES ('skip_costs', ?)", [costs])
         for path, alias in aliases.items():
             con.begin()
             new = f"SELECT run_id FROM {alias}.runs WHERE run_id NOT IN (SELECT run_id FROM main.runs)"

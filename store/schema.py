@@ -189,7 +189,8 @@ KEY_COLUMNS: dict[str, tuple[str, ...]] = {
 
 # Wall-clock facts differ between two collects of the same data; the digest leaves them out.
 DIGEST_EXCLUDED_COLUMNS = {"runs": ("created", "wall_s")}
-DIGEST_EXCLUDED_META_KEYS = ("created", "package_version")
+# `skip_costs` is measured on the model (its fingerprint is in the digest), not calibration data.
+DIGEST_EXCLUDED_META_KEYS = ("created", "package_version", "skip_costs")
 
 
 def _arrow_type(column: sa.Column) -> pa.DataType:

@@ -69,3 +69,38 @@ def test_a_cogvideox_taylor_point_built_for_0_4_measures_at_most_0_4_in_the_benc
     measured = _macs(loaded, policy) / _macs(loaded, None)
     assert measured <= 0.4 + 1e-9
     assert measured == pytest.approx(costs.compute("taylor", fraction), abs=2e-3)
+
+
+def test_collect_records_the_skip_cost_and_a_replay_fit_without_the_model_uses_it(tmp_path, caplog):
+    # Before, a replay fit had no model to measure it on and counted a "taylor" point's computed
+    # steps only (toy-cogvideox: its 0.4 point measured 0.406 in the bench, and the bench table
+    # found no replay-fitted setting at 0.4).
+    import json
+    import logging
+
+    from calibration.collect import collect
+    from calibration.fit import _skip_costs
+    from calibration.fitdata import load_fit_data
+    from store import CalibrationStore, merge_stores, shard_path
+    from tests.calibration.test_collect import PROMPTS
+
+    db = tmp_path / "calib.duckdb"
+    collect("tiny-cogvideox", PROMPTS[:1], seeds=1, steps=3, db=db, progress=False)
+    loaded = load_model("tiny-cogvideox")
+    measured = measure_skip_costs(loaded.pipe, loaded.call_kwargs(num_inference_steps=3))
+    assert measured.taylor > 0
+    with CalibrationStore(db, read_only=True) as store:
+        assert json.loads(store.meta["skip_costs"])["taylor"] == pytest.approx(measured.taylor)
+        digest = store.content_digest()
+    data = load_fit_data(db)
+    with caplog.at_level(logging.WARNING):
+        costs = _skip_costs(None, ("none", "taylor"), data.skip_costs)
+    assert costs.taylor == pytest.approx(measured.taylor)
+    assert not [r for r in caplog.records if "counts only its computed steps" in r.getMessage()]
+    # a shard's measurement survives the merge, and the cost is not calibration data (digest unchanged)
+    shard = shard_path(tmp_path / "merged.duckdb", 0)
+    db.rename(shard)
+    merge_stores([shard], tmp_path / "merged.duckdb")
+    with CalibrationStore(tmp_path / "merged.duckdb", read_only=True) as store:
+        assert json.loads(store.meta["skip_costs"])["taylor"] == pytest.approx(measured.taylor)
+        assert store.content_digest() == digest
