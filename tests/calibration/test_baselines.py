@@ -157,6 +157,20 @@ def test_sencache_knobs_scale_a_point_a_scale_can_move():
     assert policy_knobs(Policy.from_dict(only_fixed)) == ["balanced"]
 
 
+def test_sencache_knobs_reach_above_the_highest_fitted_point():
+    # Before, only the default point was scaled: a curve whose top point sat below 0.7 had no
+    # SenCache value there (toy-cogvideox, `quality` at 0.637).
+    from dataclasses import replace
+
+    quality = replace(constant_policy(0.1, name="quality").operating_point("quality"), expected_nfe_fraction=0.64)
+    balanced = replace(constant_policy(0.2, name="balanced").operating_point("balanced"), expected_nfe_fraction=0.47)
+    data = constant_policy(0.2, name="balanced").to_dict()
+    data["operating_points"] = [quality.to_dict(), balanced.to_dict()]
+    data["default_operating_point"] = "balanced"
+    knobs = policy_knobs(Policy.from_dict(data))
+    assert knobs == ["quality", "balanced", "balanced*0.5", "balanced*2", "balanced*4", "quality*0.5"]
+
+
 def test_sencache_knobs_and_scaling():
     policy = constant_policy(0.2, name="flat")
     assert policy_knobs(policy) == ["flat", "flat*0.5", "flat*2", "flat*4"]
