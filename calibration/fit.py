@@ -477,7 +477,7 @@ def fit(
                   f"{(data.digest or 'nodigest')[:12]}")
     study = open_study(_storage(storage, data.path), seed, study_name)
     paper_ratio = _paper_ratio(pairs, predictor)
-    point_of = nfe_of = None
+    point_of = nfe_of = usual_mask = None
     if search == "smooth":
         from calibration.shapes import run_shape_search, shape_warm_starts, trial_point
 
@@ -486,6 +486,14 @@ def fit(
                         _costed(_Objectives("replay", data, table, model).for_split("calib"), costs))
         def nfe_of(point: OperatingPoint) -> float:
             return replay_calib.evaluate(predictors, point).nfe_fraction
+
+        def usual_mask(point: OperatingPoint) -> OperatingPoint | None:
+            """`point`'s most common mask on the calibration runs, as a static schedule of its mode."""
+            from calibration.static_refine import static_equivalent
+
+            mask = replay_calib.usual_mask(predictors, point)
+            return None if mask is None else OperatingPoint(
+                point.name, schedule=static_equivalent(mask, space.num_steps), forecast=point.forecast)
 
         run_shape_search(study, calib_obj, predictors, space, trials, shape_warm_starts(space, tuple(targets.values())),
                          nfe_of, show_progress)
@@ -525,6 +533,12 @@ def fit(
         c["twin"] = None
         if search == "smooth" and holdout_obj is not None and not c["point"].static:
             from calibration.shapes import static_twin
+
+            # the point's own usual mask as a schedule: where the score does not move the mask
+            # from sample to sample, this twin is the point itself, and the ablation says so (0)
+            own = usual_mask(c["point"]) if usual_mask is not None else None
+            if own is not None:
+                extra.append(("the point's own usual mask", own))
 
             twin = static_twin(study, c["point"], c["target"], space, calib_obj, holdout_obj, predictors, measured,
                                extra=extra)

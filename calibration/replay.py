@@ -189,6 +189,22 @@ class ReplayObjective:
             raise ValueError("no run has both per-step timesteps and cache errors")
         return groups
 
+    def masks(self, predictor: Predictor, point: OperatingPoint) -> list[frozenset[int]]:
+        """The steps `point` computes on each stored run (replay's decisions are the runtime's own)."""
+        params = rule_params_for(predictor, self.table, point)
+        mode = point.forecast if point.forecast in self.modes else "none"
+        out: list[frozenset[int]] = []
+        for g in self.groups:
+            steps: list = []
+            _replay_group(params, g, g.err[mode], g.gain[mode], self.tail_exponents[mode], steps_out=steps)
+            decided = np.stack(steps, axis=1)  # [B, N]
+            out.extend(frozenset(int(i) for i in np.flatnonzero(row)) for row in decided)
+        return out
+
+    def usual_mask(self, predictor: Predictor, point: OperatingPoint) -> frozenset[int] | None:
+        """The mask `point` computes on most stored runs: what it would be as a static schedule."""
+        return _mode_mask(self.masks(predictor, point))
+
     def evaluate(self, predictor: Predictor, point: OperatingPoint) -> Evaluation:
         params = rule_params_for(predictor, self.table, point)
         mode = point.forecast if point.forecast in self.modes else "none"
@@ -202,8 +218,18 @@ class ReplayObjective:
         return Evaluation(float(np.mean(errors)), float(np.mean(nfes)), errors, nfes)
 
 
+def _mode_mask(masks: list[frozenset[int]]) -> frozenset[int] | None:
+    """The most common of `masks` (the first on a tie), or None."""
+    if not masks:
+        return None
+    counts: dict[frozenset[int], int] = {}
+    for m in masks:
+        counts[m] = counts.get(m, 0) + 1
+    return max(counts, key=lambda m: counts[m])
+
+
 def _replay_group(params: RuleParams, g: _ReplayGroup, err: np.ndarray, gain: np.ndarray,
-                  tail: float = 1.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                  tail: float = 1.0, steps_out: list | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Run `decide` step by step for every run of the group; returns the per-step contributions
     G·e [B, N], each step's reference [B, N] and the fraction computed [B].
 
@@ -237,6 +263,8 @@ def _replay_group(params: RuleParams, g: _ReplayGroup, err: np.ndarray, gain: np
             contributions[:, i] = np.nan_to_num(local, nan=0.0) * gain[:, i]
         segment[:, i] = ref
         computed += compute
+        if steps_out is not None:
+            steps_out.append(compute.copy())
         ref = np.where(compute, i, ref)
         ref_t = torch.from_numpy(g.timesteps[rows, ref].copy())
         prev = np.zeros(b, dtype=np.int64) if skips is None else skips.numpy()

@@ -23,7 +23,7 @@ from typing import Any
 from calibration.objectives import Objective
 from policies import OperatingPoint, StaticSchedule
 
-__all__ = ["RefinedSchedule", "mask_schedule", "refine_static"]
+__all__ = ["RefinedSchedule", "mask_schedule", "refine_static", "static_equivalent"]
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +50,20 @@ def mask_schedule(steps: frozenset[int] | set[int], num_steps: int) -> StaticSch
     n = int(num_steps)
     taken = sorted(set(steps) | {0, n - 1})
     return StaticSchedule(tuple(s / (n - 1) for s in taken), len(taken) / n)
+
+
+def static_equivalent(steps: frozenset[int] | set[int], num_steps: int) -> StaticSchedule:
+    """The static schedule nearest a mask at the same count: a schedule always computes the first
+    and the last step, so a mask that skips the last one moves its last computed step there
+    (a score-driven point with K = 1 at half compute computes 0, 2, …, 28 of 30 and skips 29)."""
+    n = int(num_steps)
+    taken = set(steps) | {0}
+    if n - 1 not in taken:
+        later = sorted(taken - {0})
+        if later:
+            taken.discard(later[-1])
+        taken.add(n - 1)
+    return mask_schedule(taken, n)
 
 
 def refine_static(objective: Objective, predictors: Any, point: OperatingPoint, num_steps: int,

@@ -153,3 +153,33 @@ def test_the_tail_exponent_stays_in_range_and_is_linear_without_two_lags():
     errs[:, :, 2] = 100.0  # a 100× jump from lag 1 to 2: noise, not growth
     assert tail_exponent([errs]) == 3.0
     assert tail_exponent([np.ones((1, 3, 2))]) == 1.0  # K = 1: nothing to measure a rate from
+
+
+def test_replay_reports_the_masks_a_point_computes_and_a_capped_points_twin_is_its_own_mask(data):
+    # A score-driven point whose ε lies above every score computes what its skip cap says, the same
+    # mask on every run: its static twin must include that mask (at the same compute), so the
+    # ablation credits the score with nothing the cap did (before, the twin came from other
+    # schedules, and toy-wan's K = 1 `balanced` read +4.4 dB "from the score").
+    import optuna
+
+    from calibration.search import SearchSpace
+    from calibration.shapes import static_twin
+    from calibration.static_refine import static_equivalent
+    from policies import EpsSchedule
+
+    replay = _replay(data, run_gains=data.propagation)
+    static = _even()
+    assert set(replay.masks(PREDICTOR, static)) == {static.schedule.steps(12)}
+    capped = OperatingPoint("p", EpsSchedule((0.0, 1.0), (1e9, 1e9)), max_skips=1)
+    masks = replay.masks(PREDICTOR, capped)
+    assert len(set(masks)) == 1 and replay.usual_mask(PREDICTOR, capped) == masks[0]
+    assert sorted(masks[0])[:3] == [0, 2, 4]  # compute, skip one, compute: the cap decides
+    assert 11 not in masks[0]  # the cap skips the last step, which a static schedule always computes
+    own = OperatingPoint("p", schedule=static_equivalent(masks[0], 12))
+    assert sorted(own.schedule.steps(12)) == sorted(masks[0] - {max(masks[0])} | {11})
+    space = SearchSpace(knots=12, log_lo=-10.0, log_hi=10.0, num_steps=12)
+    measured = replay.evaluate(PREDICTOR, capped)
+    twin = static_twin(optuna.create_study(directions=["minimize", "minimize"]), capped, measured.nfe_fraction, space,
+                       replay, replay, PREDICTOR, measured, extra=[("the point's own usual mask", own)])
+    assert twin.origin == "the point's own usual mask"
+    assert twin.point.schedule.fraction(12) == pytest.approx(measured.nfe_fraction)  # the same compute
