@@ -46,9 +46,10 @@ def _fixed_schedule(point: Any) -> bool:
 def policy_knobs(policy: Policy, scales: tuple[float, ...] = DEFAULT_SCALES) -> list[str]:
     """Every operating point as fitted, then one point with its ε scaled by `scales`: the default
     point, or the first one whose ε a scale can move when the default is a fixed schedule; and the
-    movable point that computes the most, with its ε halved, when that is another one — so the
-    curve reaches above the highest fitted point (toy-cogvideox's `quality` computes 0.637, and
-    without it the matched table had no SenCache value at 0.7)."""
+    first movable point (the fit lists its points from the most compute down, references such as
+    `paper` after them), with its ε halved, when that is another one — so the curve reaches above
+    the highest fitted point (toy-cogvideox's `quality` computes 0.637, and without it the
+    matched table had no SenCache value at 0.7)."""
     points = [policy.operating_point(name) for name in policy.operating_point_names]
     default = policy.operating_point()
     movable = [p for p in points if not _fixed_schedule(p)]
@@ -56,9 +57,8 @@ def policy_knobs(policy: Policy, scales: tuple[float, ...] = DEFAULT_SCALES) -> 
     if _fixed_schedule(target):
         return list(policy.operating_point_names)
     knobs = list(policy.operating_point_names) + [f"{target.name}*{s:g}" for s in scales]
-    stated = [p for p in movable if p.expected_nfe_fraction is not None]
-    top = max(stated, key=lambda p: p.expected_nfe_fraction) if stated else None
-    if top is not None and top.name != target.name and min(scales) < 1.0:
+    top = movable[0]
+    if top.name != target.name and min(scales) < 1.0:
         knobs.append(f"{top.name}*{min(scales):g}")
     return knobs
 

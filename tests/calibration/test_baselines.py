@@ -165,10 +165,12 @@ def test_sencache_knobs_reach_above_the_highest_fitted_point():
     quality = replace(constant_policy(0.1, name="quality").operating_point("quality"), expected_nfe_fraction=0.64)
     balanced = replace(constant_policy(0.2, name="balanced").operating_point("balanced"), expected_nfe_fraction=0.47)
     data = constant_policy(0.2, name="balanced").to_dict()
-    data["operating_points"] = [quality.to_dict(), balanced.to_dict()]
+    paper = replace(constant_policy(0.3, name="paper").operating_point("paper"), expected_nfe_fraction=0.78)
+    data["operating_points"] = [quality.to_dict(), balanced.to_dict(), paper.to_dict()]
     data["default_operating_point"] = "balanced"
     knobs = policy_knobs(Policy.from_dict(data))
-    assert knobs == ["quality", "balanced", "balanced*0.5", "balanced*2", "balanced*4", "quality*0.5"]
+    # the reference `paper` computes more than `quality` but is not a fitted point
+    assert knobs == ["quality", "balanced", "paper", "balanced*0.5", "balanced*2", "balanced*4", "quality*0.5"]
 
 
 def test_sencache_knobs_and_scaling():
