@@ -24,7 +24,7 @@ import math
 from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import optuna
@@ -192,16 +192,51 @@ def _refine(objective: Objective, predictor: Predictor, point: OperatingPoint, n
     return best if best is not None else (point, nfe, error)
 
 
+class _Option(NamedTuple):
+    """One candidate for an operating point, as `_choose_points` ranks them: within the target
+    first, then lower calibration error, then more compute, then `order` (lower: the simpler claim)."""
+
+    over: bool
+    error: float
+    neg_nfe: float
+    order: int
+    origin: str
+    trial: int | None
+    point: OperatingPoint
+    nfe: float
+
+    @classmethod
+    def of(cls, target: float, error: float, nfe: float, order: int, origin: str, trial: int | None,
+           point: OperatingPoint) -> _Option:
+        return cls(nfe > target + NFE_TOLERANCE, float(error), -float(nfe), order, origin, trial, point, float(nfe))
+
+    @property
+    def rank(self) -> tuple[bool, float, float, int]:
+        return self.over, self.error, self.neg_nfe, self.order
+
+
+def _one_more_skip(objective: Objective, predictor: Predictor, point: OperatingPoint, name: str, target: float,
+                   refine_evals: int) -> tuple[OperatingPoint, float, float]:
+    """`point` allowed one more skip in a row and scaled to `target` (`_refine`): (point, NFE, error).
+    K = 1 computes at least half the steps, so a point scaled down from above may need it to reach
+    the target at all (toy-wan's `balanced` with ε ×2 and K = 2 beat every 0.4 point the fit had chosen)."""
+    looser = replace(point, name=name, max_skips=point.max_skips + 1, expected_nfe_fraction=None, expected_error=None)
+    tried = objective.evaluate(predictor, looser)
+    return _refine(objective, predictor, looser, tried.nfe_fraction, tried.error, target, refine_evals)
+
+
 def _choose_points(front: list[optuna.trial.FrozenTrial], space: SearchSpace, targets: dict[str, float],
                    objective: Objective, predictor: Predictor, refine_evals: int,
                    point_of: Any = None, static_evals: int = 0,
                    nfe_of: Any = None) -> list[dict[str, Any]]:
     """Per target: the best front trial at or below it, and the nearest above it, each scaled to the
-    target (`_refine`), evenly spaced skipping at the target, and the best static one of those
-    with its steps moved while the error falls (`calibration.static_refine`, `static_evals`
-    evaluations; 0: not refined) with, when `nfe_of` (a point's compute on the replay of the
-    calibration runs) is given, the score-driven point shaped like it (`mask_shaped_point`, its
-    level bisected to the target); the lower calib error wins.
+    target (`_refine`; a score-driven one from above also with one more skip in a row), the point
+    chosen for the next higher target with one more skip in a row, evenly spaced skipping at the
+    target, and the best static one of those with its steps moved while the error falls
+    (`calibration.static_refine`, `static_evals` evaluations; 0: not refined) with, when `nfe_of`
+    (a point's compute on the replay of the calibration runs) is given, the score-driven point
+    shaped like it (`mask_shaped_point`, its level bisected to the target); the lower calib error
+    wins, and the best score-driven candidate is kept for the holdout to judge against it.
 
     Evenly spaced skipping is a candidate because it is the baseline to beat (docs/design.md, "What an
     experiment found"): with few trials the search can miss it, and a fitted point that is worse
@@ -217,7 +252,7 @@ def _choose_points(front: list[optuna.trial.FrozenTrial], space: SearchSpace, ta
             seeds.append(min(below, key=lambda t: (t.values[0], t.values[1])))
         if above:
             seeds.append(min(above, key=lambda t: t.values[1]))
-        options = []  # (over target, error, -nfe, order, origin, trial number, point, nfe)
+        options: list[_Option] = []
         for order, trial in enumerate(seeds):
             point = point_of(trial, name) if point_of is not None else point_from_params(trial.params, space, name)
             if point.static:  # its shape at the target fraction: exact, one evaluation
@@ -230,51 +265,39 @@ def _choose_points(front: list[optuna.trial.FrozenTrial], space: SearchSpace, ta
                 refined, nfe, err = _refine(objective, predictor, point, trial.values[1], trial.values[0], target,
                                             refine_evals)
                 if trial.values[1] > target + NFE_TOLERANCE and point.max_skips < space.max_k:
-                    # scaled down from above, a point may need one more skip in a row to reach the
-                    # target at all (K = 1 computes at least half the steps): toy-wan's `balanced`
-                    # with ε ×2 and K = 2 beat every 0.4 point the fit had chosen
-                    looser = replace(point, max_skips=point.max_skips + 1)
-                    tried = objective.evaluate(predictor, looser)
-                    looser, l_nfe, l_err = _refine(objective, predictor, looser, tried.nfe_fraction, tried.error,
-                                                   target, refine_evals)
-                    options.append((l_nfe > target + NFE_TOLERANCE, l_err, -l_nfe, order, "search (K + 1)",
-                                    trial.number, looser, l_nfe))
-            options.append((nfe > target + NFE_TOLERANCE, err, -nfe, order, "search", trial.number, refined, nfe))
+                    looser, l_nfe, l_err = _one_more_skip(objective, predictor, point, name, target, refine_evals)
+                    options.append(_Option.of(target, l_err, l_nfe, order, "search (K + 1)", trial.number, looser))
+            options.append(_Option.of(target, err, nfe, order, "search", trial.number, refined))
         for carried in (c for c in chosen[-1:] if c["target"] > target):
-            # the score-driven point of the next higher target, one more skip in a row allowed and
-            # scaled down to this one: on toy-wan `balanced` (K = 1) with ε ×2 and K = 2 gave 41.3 dB
-            # at 0.4 where the fit's own 0.4 point gave 36.4
+            # the score-driven point of the next higher target: on toy-wan `balanced` (K = 1) with
+            # ε ×2 and K = 2 gave 41.3 dB at 0.4 where the fit's own 0.4 point gave 36.4
             best = carried["point"] if not carried["point"].static else \
                 (carried["best_score_driven"] or {}).get("point")
             if best is None or best.max_skips >= space.max_k:
                 continue
-            looser = replace(best, name=name, max_skips=best.max_skips + 1, expected_nfe_fraction=None,
-                             expected_error=None)
-            tried = objective.evaluate(predictor, looser)
-            looser, l_nfe, l_err = _refine(objective, predictor, looser, tried.nfe_fraction, tried.error, target,
-                                           refine_evals)
-            options.append((l_nfe > target + NFE_TOLERANCE, l_err, -l_nfe, len(options),
-                            f"{carried['name']} with K + 1", carried["trial"], looser, l_nfe))
+            looser, l_nfe, l_err = _one_more_skip(objective, predictor, best, name, target, refine_evals)
+            options.append(_Option.of(target, l_err, l_nfe, len(options), f"{carried['name']} with K + 1",
+                                      carried["trial"], looser))
         for forecast in space.forecasts:
             fraction = space.static_fraction(forecast, target) if space.skip_costs.of(forecast) else target
             even = replace(uniform_point(fraction, space.num_steps, name), forecast=forecast)
             measured = objective.evaluate(predictor, even)
             # order -1: on a tie (the same mask) the simpler claim wins
-            options.append((measured.nfe_fraction > target + NFE_TOLERANCE, measured.error, -measured.nfe_fraction,
-                            -1, "uniform", None, even, measured.nfe_fraction))
+            options.append(_Option.of(target, measured.error, measured.nfe_fraction, -1, "uniform", None, even))
         refined = None
-        statics = [o for o in options if o[6].static and not o[0]]
+        statics = [o for o in options if o.point.static and not o.over]
         if static_evals > 0 and statics:
             from calibration.static_refine import refine_static
 
-            start = min(statics, key=lambda o: o[:4])
-            found = refine_static(objective, predictor, start[6], space.num_steps, static_evals, start_error=start[1])
+            start = min(statics, key=lambda o: o.rank)
+            found = refine_static(objective, predictor, start.point, space.num_steps, static_evals,
+                                  start_error=start.error)
             if found.moves:
-                refined = {"point": found.point, "from": start[4], "trial": start[5], "start_error": found.start_error,
-                           "error": found.error, "nfe_fraction": found.nfe_fraction, "moves": found.moves,
-                           "evaluations": found.evaluations}
-                options.append((found.nfe_fraction > target + NFE_TOLERANCE, found.error, -found.nfe_fraction,
-                                len(options), f"static refined ({start[4]})", start[5], found.point, found.nfe_fraction))
+                refined = {"point": found.point, "from": start.origin, "trial": start.trial,
+                           "start_error": found.start_error, "error": found.error,
+                           "nfe_fraction": found.nfe_fraction, "moves": found.moves, "evaluations": found.evaluations}
+                options.append(_Option.of(target, found.error, found.nfe_fraction, len(options),
+                                          f"static refined ({start.origin})", start.trial, found.point))
             if nfe_of is not None:
                 from calibration.shapes import bisect, mask_shaped_point
 
@@ -282,21 +305,22 @@ def _choose_points(front: list[optuna.trial.FrozenTrial], space: SearchSpace, ta
                 level = bisect(lambda lv: mask_shaped_point(static, space, lv, name), space, nfe_of, target)
                 shaped = mask_shaped_point(static, space, level, name)
                 result = objective.evaluate(predictor, shaped)
-                options.append((result.nfe_fraction > target + NFE_TOLERANCE, result.error, -result.nfe_fraction,
-                                len(options), "score on the static mask", start[5], shaped, result.nfe_fraction))
-        over, err, _, _, origin, number, point, nfe = min(options, key=lambda o: o[:4])
-        if over:
-            logger.warning("no point computes <= %.2f of the steps; %r computes %.2f", target, name, nfe)
-        if origin == "uniform":
+                options.append(_Option.of(target, result.error, result.nfe_fraction, len(options),
+                                          "score on the static mask", start.trial, shaped))
+        best = min(options, key=lambda o: o.rank)
+        if best.over:
+            logger.warning("no point computes <= %.2f of the steps; %r computes %.2f", target, name, best.nfe)
+        if best.origin == "uniform":
             logger.warning("%r: evenly spaced skipping beat every searched point on the calibration runs "
-                           "(error %.4g at NFE %.2f); it ships as this operating point", name, err, nfe)
-        scored = [o for o in options if not o[6].static and not o[0]]
+                           "(error %.4g at NFE %.2f); it ships as this operating point", name, best.error, best.nfe)
+        scored = [o for o in options if not o.point.static and not o.over]
         best_score = None
         if scored:
-            o = min(scored, key=lambda o: o[:4])
-            best_score = {"origin": o[4], "trial": o[5], "point": o[6], "calib": {"error": o[1], "nfe_fraction": o[7]}}
-        chosen.append({"name": name, "target": target, "trial": number, "origin": origin, "point": point,
-                       "calib": {"error": err, "nfe_fraction": nfe}, "refined_static": refined,
+            o = min(scored, key=lambda o: o.rank)
+            best_score = {"origin": o.origin, "trial": o.trial, "point": o.point,
+                          "calib": {"error": o.error, "nfe_fraction": o.nfe}}
+        chosen.append({"name": name, "target": target, "trial": best.trial, "origin": best.origin, "point": best.point,
+                       "calib": {"error": best.error, "nfe_fraction": best.nfe}, "refined_static": refined,
                        "best_score_driven": best_score})
     return chosen
 

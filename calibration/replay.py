@@ -191,8 +191,7 @@ class ReplayObjective:
 
     def masks(self, predictor: Predictor, point: OperatingPoint) -> list[frozenset[int]]:
         """The steps `point` computes on each stored run (replay's decisions are the runtime's own)."""
-        params = rule_params_for(predictor, self.table, point)
-        mode = point.forecast if point.forecast in self.modes else "none"
+        params, mode = rule_params_for(predictor, self.table, point), self._mode(point)
         out: list[frozenset[int]] = []
         for g in self.groups:
             steps: list = []
@@ -205,9 +204,12 @@ class ReplayObjective:
         """The mask `point` computes on most stored runs: what it would be as a static schedule."""
         return _mode_mask(self.masks(predictor, point))
 
+    def _mode(self, point: OperatingPoint) -> str:
+        """The measured errors `point` is scored with: its own mode's, else plain reuse's."""
+        return point.forecast if point.forecast in self.modes else "none"
+
     def evaluate(self, predictor: Predictor, point: OperatingPoint) -> Evaluation:
-        params = rule_params_for(predictor, self.table, point)
-        mode = point.forecast if point.forecast in self.modes else "none"
+        params, mode = rule_params_for(predictor, self.table, point), self._mode(point)
         errors: list[float] = []
         nfes: list[float] = []
         for g in self.groups:
@@ -220,12 +222,9 @@ class ReplayObjective:
 
 def _mode_mask(masks: list[frozenset[int]]) -> frozenset[int] | None:
     """The most common of `masks` (the first on a tie), or None."""
-    if not masks:
-        return None
-    counts: dict[frozenset[int], int] = {}
-    for m in masks:
-        counts[m] = counts.get(m, 0) + 1
-    return max(counts, key=lambda m: counts[m])
+    from collections import Counter
+
+    return Counter(masks).most_common(1)[0][0] if masks else None
 
 
 def _replay_group(params: RuleParams, g: _ReplayGroup, err: np.ndarray, gain: np.ndarray,
