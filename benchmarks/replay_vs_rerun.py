@@ -5,11 +5,15 @@ shapes with their level bisected to a drawn target compute, and static schedules
 mode the store measured, K, zones), scores each by replay (`calibration.replay`, under each
 compounding rule) and by re-run on the store's calibration runs, and prints Spearman ρ between
 replay and re-run errors, their ratio by where the skipped steps lie, and, with `--regret`, the
-PSNR at 0.5 and 0.4 of compute on held-out prompts (4 × 2 seeds, the bench's) of a policy fitted
-with `--objective replay` against the re-run-fitted one given by `--rerun-policy`.
+PSNR at 0.5 and 0.4 of compute on held-out prompts (4 × 2 seeds, the bench's; `--bench-prompts`
+for others) of a policy fitted with `--objective replay` against the re-run-fitted one given by
+`--rerun-policy`, and then each operating point of both policies scored by replay and by re-run on
+the store's holdout runs: which kinds of point replay misjudges (on toy-cogvideox it puts the
+re-run fit's K = 1 and K = 2 "taylor" points and its static "linear" one 1.4–1.75× too high, and
+its own K = 3 and K = 4 points 0.7–1.0×, so it prefers long runs of skips).
 
     OMP_NUM_THREADS=1 python benchmarks/replay_vs_rerun.py --model toy-wan --db runs/toy-wan.duckdb \
-        [--candidates 30] [--regret --rerun-policy policies/toy-wan.json]
+        [--candidates 30] [--regret --rerun-policy policies/toy-wan.json [--bench-prompts FILE]]
 
 The store is copied before the replay fit; the one given is never written.
 """
@@ -68,9 +72,10 @@ def _psnr_at(bench_dir: Path) -> dict[float, float | None]:
 
 
 def regret(model: str, db: Path, rerun_policy: Path, trials: int, seed: int, work: Path,
-           reuse: Path | None = None) -> dict:
+           reuse: Path | None = None, prompts: Path | None = None) -> dict:
     """Fit by replay on a copy of the store (unless `reuse` names a finished work folder), bench
-    both policies on the bench's held-out prompts, and return their PSNR at `FRACTIONS`."""
+    both policies on the bench's held-out prompts (or the file `prompts`), and return their PSNR at
+    `FRACTIONS`."""
     work = reuse or work
     store = work / f"{model}.duckdb"
     cli = [sys.executable, "-m", "cli", "--quiet"]
@@ -82,10 +87,11 @@ def regret(model: str, db: Path, rerun_policy: Path, trials: int, seed: int, wor
         subprocess.run([*cli, "export", "--db", str(store), "--out", str(replay_policy)], check=True)
     out = {}
     for name, policy in (("replay", replay_policy), ("rerun", rerun_policy)):
-        bench = work / f"bench-{name}"
+        bench = work / (f"bench-{name}" if prompts is None else f"bench-{name}-{prompts.stem}")
         if not (bench / "bench.json").exists():
             subprocess.run([*cli, "bench", "--model", model, "--policy", str(policy), "--methods", "none,sencache",
-                            "--seeds", "2", "--out", str(bench)], check=True)
+                            "--seeds", "2", "--out", str(bench), *(["--prompts", str(prompts)] if prompts else [])],
+                           check=True)
         out[name] = _psnr_at(bench)
     return out
 
@@ -101,6 +107,9 @@ def main() -> None:
     parser.add_argument("--rerun-policy", type=Path, help="the re-run-fitted policy (e.g. policies/toy-wan.json)")
     parser.add_argument("--trials", type=int, default=40, help="trials of the replay fit (with --regret)")
     parser.add_argument("--reuse", type=Path, help="a work folder of an earlier --regret run: keep its fit and benches")
+    parser.add_argument("--bench-prompts", type=Path,
+                        help="held-out prompts for the regret's benches, one per line (default: the bench's 4; "
+                             "benchmarks/toy-heldout-prompts.txt holds all 10 of the zoo's)")
     args = parser.parse_args()
     if args.regret and args.rerun_policy is None:
         parser.error("--regret needs --rerun-policy")
@@ -140,12 +149,37 @@ def main() -> None:
     if rows:
         _report(args.model, rows)
     if args.regret:
-        psnr = regret(args.model, args.db, args.rerun_policy, args.trials, args.seed, work, args.reuse)
+        psnr = regret(args.model, args.db, args.rerun_policy, args.trials, args.seed, work, args.reuse,
+                      args.bench_prompts)
         print(f"\n| {args.model} | " + " | ".join(
             f"NFE {f}: replay-fit {_f(psnr['replay'][f])} dB, re-run-fit {_f(psnr['rerun'][f])} dB, regret "
             f"{_f(None if psnr['replay'][f] is None or psnr['rerun'][f] is None else psnr['rerun'][f] - psnr['replay'][f])}"
             for f in FRACTIONS) + " |")
+        _points_report(data, table, predictors, args.model,
+                       {"replay-fit": (args.reuse or work) / f"{args.model}-replay.json",
+                        "re-run-fit": args.rerun_policy})
     print(f"\n(work files in {work})")
+
+
+def _points_report(data, table, predictors: dict, model: str, policies: dict[str, Path]) -> None:
+    """Each operating point of both policies scored by replay and by re-run on the store's holdout
+    runs (neither fit chose on them): which kinds of point replay over- or underestimates."""
+    from policies import Policy
+
+    holdout = {kind: _Objectives(kind, data, table, model).for_split("holdout") for kind in ("replay", "rerun")}
+    if holdout["replay"] is None:
+        return
+    print(f"\n## {model}: the chosen points, replay vs re-run on the {len(data.run_ids('holdout'))} holdout runs\n")
+    print("| policy | point | forecast | K | static | NFE | replay | re-run | replay / re-run |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for name, path in policies.items():
+        for point in Policy.load(path).operating_points:
+            if point.name == "paper":
+                continue
+            rep, real = (holdout[k].evaluate(predictors, point) for k in ("replay", "rerun"))
+            print(f"| {name} | {point.name} | {point.forecast} | {'—' if point.static else point.max_skips} | "
+                  f"{'yes' if point.static else 'no'} | {real.nfe_fraction:.3f} | {rep.error:.4f} | {real.error:.4f} | "
+                  f"{rep.error / max(real.error, 1e-12):.2f} |", flush=True)
 
 
 def _report(model: str, rows: list[dict]) -> None:
