@@ -33,7 +33,7 @@ from calibration.compute_cost import CostedObjective, SkipCosts, measure_skip_co
 from calibration.fitdata import FitData, load_fit_data
 from calibration.objectives import Objective, RerunObjective, RunSpec
 from calibration.replay import ReplayObjective
-from calibration.replay_trust import replay_trust, warn_if_thin
+from calibration.replay_trust import replay_check, replay_trust, warn_if_thin
 from calibration.regression import compare_predictors, fit_predictor
 from calibration.search import SearchSpace, open_study, pareto_front, point_from_params, run_search, warm_starts
 from calibration.modefit import below_paper, fit_modes
@@ -533,6 +533,9 @@ def fit(
     holdout_obj = _costed(checker.for_split("holdout"), costs)
     validation = "holdout" if holdout_obj is not None else "calib (no holdout runs in the store)"
     check_obj = holdout_obj or _costed(checker.for_split("calib"), costs)
+    # a replay fit measured by re-runs: each chosen point is also replayed on the same runs
+    replay_checker = _costed(objectives.for_split("holdout"), costs) \
+        if kind == "replay" and validate_kind == "rerun" and holdout_obj is not None else None
     points = []
     holdout_runs = len(data.run_ids("holdout"))
     if holdout_runs < MIN_HOLDOUT_RUNS:
@@ -595,7 +598,9 @@ def fit(
                        "origin": c["origin"], "score_driven": not c["point"].static, "static_twin": c["twin"],
                        "calib": c["calib"], "validation": measured.to_dict(),
                        "refined_static": None if c["refined_static"] is None else
-                       {**c["refined_static"], "point": c["refined_static"]["point"].to_dict()}})
+                       {**c["refined_static"], "point": c["refined_static"]["point"].to_dict()},
+                       "replay_check": None if replay_checker is None else
+                       replay_check(replay_checker, predictors, c["point"], measured.error, data.path).to_dict()})
     paper_in_units = _rescaled_paper(pairs, predictor)
     measured = check_obj.evaluate(predictor, paper_in_units)
     paper_in_units = replace(paper_in_units, expected_nfe_by_steps=_nfe_by_steps(

@@ -7,6 +7,13 @@ the same, and the ranking of early against late skips (which is what the search 
 guess: on toy-cogvideox a replay with 3 propagation points underestimated the final error 27×.
 `replay_trust` states the coverage, and `fit` writes it to its result and warns, with the
 `collect` command that adds what is missing, when it is thin.
+
+Coverage is not agreement. Over random candidates replay ranks as re-runs do (ρ ≥ 0.96 on the
+toys), yet it misjudges whole *kinds* of point: on toy-cogvideox's holdout runs it puts K = 1
+and K = 2 "taylor" points 1.4–1.6× above their re-runs and K = 4 points at 0.7×, so a replay fit
+ships long runs of skips (`benchmarks/replay_vs_rerun.py --regret`). When the model is at hand
+(`fit --objective replay --validate rerun`), `replay_check` sets each chosen point's replayed
+holdout error beside its re-run and `fit` warns where they part by more than `AGREEMENT`.
 """
 
 from __future__ import annotations
@@ -17,12 +24,14 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["MIN_PROPAGATION_POSITIONS", "ReplayTrust", "replay_trust"]
+__all__ = ["AGREEMENT", "MIN_PROPAGATION_POSITIONS", "ReplayCheck", "ReplayTrust", "replay_check", "replay_trust"]
 
 logger = logging.getLogger(__name__)
 
 #: fewer measured positions than this and G(p) is interpolated over too long a stretch
 MIN_PROPAGATION_POSITIONS = 6
+#: replay ÷ re-run of a chosen point outside this band: replay misjudges that kind of point
+AGREEMENT = (2 / 3, 3 / 2)
 #: the reuse modes replay can score with their own errors
 MODES = ("none", "linear", "taylor")
 
@@ -114,3 +123,40 @@ def warn_if_thin(trust: ReplayTrust, store: Any) -> None:
     if trust.thin:
         logger.warning("a replay fit on %s is not to be trusted as it stands: %s. Collect what is missing: `%s`",
                        store, "; ".join(trust.problems), trust.remedy)
+
+
+@dataclass(frozen=True)
+class ReplayCheck:
+    """One chosen point's holdout error by replay and by re-run, and whether they agree."""
+
+    replay_error: float
+    rerun_error: float
+
+    @property
+    def ratio(self) -> float:
+        return self.replay_error / self.rerun_error if self.rerun_error > 0 else float("inf")
+
+    @property
+    def agrees(self) -> bool:
+        if self.rerun_error == 0:
+            return self.replay_error == 0
+        return AGREEMENT[0] <= self.ratio <= AGREEMENT[1]
+
+    def to_dict(self) -> dict[str, Any]:
+        ratio = self.ratio if np.isfinite(self.ratio) else None
+        return {"replay_error": self.replay_error, "rerun_error": self.rerun_error, "ratio": ratio,
+                "agrees": self.agrees}
+
+
+def replay_check(replay: Any, predictors: Any, point: Any, rerun_error: float, store: Any) -> ReplayCheck:
+    """Replay `point` on the runs `replay` holds (the holdout runs) beside its measured re-run error
+    there; warns, with what to do, when the two part by more than `AGREEMENT`."""
+    check = ReplayCheck(float(replay.evaluate(predictors, point).error), float(rerun_error))
+    if not check.agrees:
+        logger.warning(
+            "%r: replay puts its holdout error at %.2fx what the re-run measures (%.4g against %.4g); "
+            "replay misjudges this kind of point on %s, so a replay fit's choice between points of "
+            "different K or reuse mode cannot be trusted here: where the model allows, fit with "
+            "`sencache-calibrate fit --db %s --objective rerun`", point.name, check.ratio,
+            check.replay_error, check.rerun_error, store, store)
+    return check

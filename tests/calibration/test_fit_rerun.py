@@ -73,6 +73,12 @@ def test_replay_search_with_rerun_validation(tiny, tmp_path):
                     model_name="tiny-wan", call={k: CALL[k] for k in ("guidance_scale", "height", "width", "num_frames")})
     result = fit(db, trials=4, objective="replay", validate="rerun", show_progress=False)
     assert (result["objective"], result["validation_objective"]) == ("replay", "rerun")
+    # each chosen point is also replayed on the same holdout run, beside its re-run error
+    for point in (p for p in result["operating_points"] if p["name"] != "paper"):
+        check = point["replay_check"]
+        assert check["rerun_error"] == pytest.approx(point["expected_error"])
+        if check["rerun_error"] > 0:
+            assert check["ratio"] == pytest.approx(check["replay_error"] / check["rerun_error"])
     fast = next(p for p in result["operating_points"] if p["name"] == "fast")
     policy = export(db, tmp_path / "tiny.json")
     handle = sencache.apply(tiny.pipe, policy, operating_point="fast")

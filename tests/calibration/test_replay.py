@@ -183,3 +183,37 @@ def test_replay_reports_the_masks_a_point_computes_and_a_capped_points_twin_is_i
                        replay, replay, PREDICTOR, measured, extra=[("the point's own usual mask", own)])
     assert twin.origin == "the point's own usual mask"
     assert twin.point.schedule.fraction(12) == pytest.approx(measured.nfe_fraction)  # the same compute
+
+
+class _Fixed:
+    """A stand-in objective that replays every point to `error`."""
+
+    def __init__(self, error: float) -> None:
+        self.error = error
+
+    def evaluate(self, predictors, point):
+        from calibration.objectives import Evaluation
+
+        return Evaluation(self.error, 0.5, [self.error], [0.5])
+
+
+@pytest.mark.parametrize("replayed, rerun, agrees", [
+    (0.030, 0.020, True),    # 1.5×: the edge of the band
+    (0.0289, 0.0178, False),  # 1.63×: toy-cogvideox's re-run-fit `balanced` on its holdout runs
+    (0.0373, 0.0528, True),   # 0.71×
+    (0.0484, 0.1984, False),  # 0.24×: toy-wan's replay-fit `fast`
+    (0.0, 0.0, True),
+], ids=["1.5x", "1.63x", "0.71x", "0.24x", "both-zero"])
+def test_a_replay_check_warns_with_the_rerun_fit_command_when_replay_and_rerun_part(caplog, replayed, rerun, agrees):
+    from calibration.replay_trust import replay_check
+
+    with caplog.at_level(logging.WARNING, logger="calibration.replay_trust"):
+        check = replay_check(_Fixed(replayed), None, _even(), rerun, "calib.duckdb")
+    assert check.agrees is agrees
+    assert check.to_dict()["agrees"] is agrees
+    warned = [r.getMessage() for r in caplog.records]
+    if agrees:
+        assert not warned
+    else:
+        assert len(warned) == 1 and "'p'" in warned[0]
+        assert "sencache-calibrate fit --db calib.duckdb --objective rerun" in warned[0]
