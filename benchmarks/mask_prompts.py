@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from calibration.bench_report import psnr
 from calibration.models import load_model
 from calibration.static_refine import mask_schedule
 from calibration.zoo.data import heldout_prompts
@@ -49,10 +50,10 @@ def prompt_sets() -> dict[str, list[str]]:
             "calibration 14": [p for p in calib if p.strip()]}
 
 
-def taylorseer_point(interval: int, forecast: str) -> OperatingPoint:
+def taylorseer_point(interval: int, forecast: str, num_steps: int) -> OperatingPoint:
     """TaylorSeer's refresh pattern: 4 steps, then every `interval`-th; the steps after the last refresh skip."""
     return OperatingPoint(f"TaylorSeer's, interval {interval}", EpsSchedule((0.0, 1.0), (1e30, 1e30)),
-                          max_skips=interval - 1, warmup_steps=4 / 30, final_steps=0, forecast=forecast)
+                          max_skips=interval - 1, warmup_steps=4 / num_steps, final_steps=0, forecast=forecast)
 
 
 @torch.no_grad()
@@ -63,11 +64,6 @@ def frames(pipe, prompts: list[str], seeds: list[int], call: dict) -> np.ndarray
         generators = [torch.Generator().manual_seed(seed) for _ in prompts]
         out.append(np.asarray(pipe(prompt=prompts, generator=generators, output_type="np", **call).frames, np.float64))
     return np.concatenate(out)
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    mse = ((a - b) ** 2).reshape(a.shape[0], -1).mean(axis=1)
-    return np.where(mse > 0, 10 * np.log10(1.0 / np.maximum(mse, 1e-20)), 100.0)
 
 
 def main() -> None:
@@ -92,7 +88,7 @@ def main() -> None:
     points = [OperatingPoint(m, schedule=mask_schedule({int(x) for x in m.split(",")}, n), forecast=args.forecast)
               for m in args.mask]
     if args.taylorseer:
-        points.append(taylorseer_point(args.taylorseer, args.forecast))
+        points.append(taylorseer_point(args.taylorseer, args.forecast, n))
     sets = prompt_sets()
     seeds = list(range(args.seeds))
     full = {name: frames(pipe, prompts, seeds, call) for name, prompts in sets.items()}
@@ -105,7 +101,7 @@ def main() -> None:
             cells = []
             for name, prompts in sets.items():
                 got = frames(pipe, prompts, seeds, call)
-                cells.append(f"{psnr(got, full[name]).mean():.2f}")
+                cells.append(f"{np.mean([psnr(a, b) for a, b in zip(got, full[name])]):.2f}")  # the bench's PSNR
             computes = sorted(set(handle.report().nfe_per_sample.tolist()))  # the last call's samples
         finally:
             sencache.remove(pipe)
