@@ -34,40 +34,21 @@ import numpy as np
 import pandas as pd
 import torch
 
-import calibration.taylor_probe as taylor_probe
 from calibration.models import load_model
 from calibration.recording import TableSink, recording
 from calibration.zoo.data import training_prompts
 
 
-def _span_forecast(span: int):
-    """`TaylorProbe._forecast_one` with the second point at r − `span` (order 0 where it is missing)."""
-
-    def forecast_one(seen: dict, r: int, step: int, key: int, call: int) -> tuple[torch.Tensor, ...]:
-        now = taylor_probe._tensors(seen[r][key][call])
-        if r - span not in seen:
-            return now
-        before = taylor_probe._tensors(seen[r - span][key][call])
-        w = float(step - r) / span  # step units: (i − r)/(r − r'), r' = r − span
-        return tuple((a.float() + w * (a.float() - b.float())).to(a.dtype) for a, b in zip(now, before))
-
-    return staticmethod(forecast_one)
-
-
 def taylor_errors(loaded, prompts: list[str], span: int, k_max: int) -> pd.DataFrame:
     """The "taylor" reuse errors of full-compute runs of `prompts` (seed 0), forecast from r and r − `span`."""
-    original = taylor_probe.TaylorProbe._forecast_one
-    taylor_probe.TaylorProbe._forecast_one = _span_forecast(span)
     sink = TableSink()
-    try:
-        with recording(loaded.pipe, sink, k_max=k_max, latents=False) as rec:
-            rec.recorder.taylor.window = deque(maxlen=k_max + span)  # r − span must still be kept
-            for prompt in prompts:
-                out = loaded.pipe(prompt=prompt, generator=torch.Generator().manual_seed(0), output_type="latent",
-                                  **loaded.call_kwargs())
-                rec.finish(out.frames)
-    finally:
-        taylor_probe.TaylorProbe._forecast_one = original
+    with recording(loaded.pipe, sink, k_max=k_max, latents=False) as rec:
+        probe = rec.recorder.taylor
+        probe.span, probe.window = span, deque(maxlen=k_max + span)  # r − span must still be kept
+        for prompt in prompts:
+            out = loaded.pipe(prompt=prompt, generator=torch.Generator().manual_seed(0), output_type="latent",
+                              **loaded.call_kwargs())
+            rec.finish(out.frames)
     frame = sink.frame("reuse_errors")
     return frame[frame["mode"] == "taylor"][["call", "sample", "step", "lag", "error"]]
 
@@ -80,7 +61,6 @@ def main() -> None:
     parser.add_argument("--spans", type=int, default=4, help="largest h measured")
     parser.add_argument("--k-max", type=int, default=4, help="largest lag k")
     args = parser.parse_args()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     loaded = load_model(args.model)
     loaded.pipe.set_progress_bar_config(disable=True)
     prompts = training_prompts()[: args.prompts]

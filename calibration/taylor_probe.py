@@ -60,12 +60,15 @@ class _ModuleProbe(ModelHook):
 class TaylorProbe:
     """Per step: each forecast module's outputs (cond rows), and the forecasts for a measurement."""
 
-    def __init__(self, transformer: torch.nn.Module, adapter: BlockStackAdapter, k_max: int) -> None:
+    def __init__(self, transformer: torch.nn.Module, adapter: BlockStackAdapter, k_max: int, span: int = 1) -> None:
+        """`span`: the forecast's second point lies at r − span (1, as the store measures; more in
+        `benchmarks/forecast_span.py`, which asks what the previous *computed* step changes)."""
         self.transformer, self.adapter = transformer, adapter
+        self.span = int(span)
         self.mode = "idle"
         self.index: torch.Tensor | None = None
         self.current: dict[int, list[Any]] = {}
-        self.window: deque[tuple[int, dict[int, list[Any]]]] = deque(maxlen=k_max + 1)
+        self.window: deque[tuple[int, dict[int, list[Any]]]] = deque(maxlen=k_max + self.span)
         self.pending: dict[int, list[Any]] = {}
         self.modules: list[torch.nn.Module] = []
         for block in adapter.blocks(transformer):
@@ -124,7 +127,7 @@ class TaylorProbe:
             calls = len(seen[refs[0]].get(key, []))
             stacked = []
             for c in range(calls):
-                per_ref = [self._forecast_one(seen, r, step, key, c) for r in refs]
+                per_ref = [self._forecast_one(seen, r, step, key, c, self.span) for r in refs]
                 stacked.append(tuple(torch.cat(ps) for ps in zip(*per_ref)))
             self.pending[key] = stacked
         self.mode = "measure"
@@ -132,12 +135,12 @@ class TaylorProbe:
         self._shape = {key: seen[refs[0]][key] for key in self.pending}
 
     @staticmethod
-    def _forecast_one(seen: dict, r: int, step: int, key: int, call: int) -> tuple[torch.Tensor, ...]:
+    def _forecast_one(seen: dict, r: int, step: int, key: int, call: int, span: int = 1) -> tuple[torch.Tensor, ...]:
         now = _tensors(seen[r][key][call])
-        if r - 1 not in seen:  # the row's first computed step: F(r) as it is (the runtime's order 0)
+        if r - span not in seen:  # the row's first computed step: F(r) as it is (the runtime's order 0)
             return now
-        before = _tensors(seen[r - 1][key][call])
-        w = float(step - r)  # step units: (i − r)/(r − r'), r' = r − 1
+        before = _tensors(seen[r - span][key][call])
+        w = float(step - r) / span  # step units: (i − r)/(r − r'), r' = r − span
         return tuple((a.float() + w * (a.float() - b.float())).to(a.dtype) for a, b in zip(now, before))
 
     def forecast(self, key: int) -> Any:
