@@ -62,7 +62,8 @@ def _predictors(result: dict[str, Any]) -> dict[str, Predictor]:
     for mode, pred in (result.get("predictors") or {}).items():
         r2 = pred.get("r2")
         out[mode] = Predictor(pred["a"], pred["b"], pred["c"], None if r2 is None else min(float(r2), 1.0),
-                              pred.get("spearman"), d=float(pred.get("d") or 0.0))
+                              pred.get("spearman"), d=float(pred.get("d") or 0.0),
+                              e=float(pred.get("e") or 0.0))
     return out
 
 

@@ -496,8 +496,9 @@ def fit(
 
     calib_obj = _costed(objectives.for_split("calib"), costs)
     # The store's digest in the name: the same store resumes its study, a changed one starts afresh.
-    # "fit2": per-mode predictors score the trials, so a study of the earlier fit does not resume
-    study_name = (f"sencache-fit2-{search}-{kind}-k{knots}-f{len(forecasts)}-s{seed}-"
+    # "fit3": per-mode predictors with the residual-change term score the trials, so a study of an
+    # earlier fit does not resume
+    study_name = (f"sencache-fit3-{search}-{kind}-k{knots}-f{len(forecasts)}-s{seed}-"
                   f"{(data.digest or 'nodigest')[:12]}")
     study = open_study(_storage(storage, data.path), seed, study_name)
     paper_ratio = _paper_ratio(pairs, predictor)

@@ -78,6 +78,8 @@ class _ReplayGroup:
     err: dict[str, np.ndarray]
     #: per reuse mode, the gain [B, N] (a mode the store has no gain for carries plain reuse's)
     gain: dict[str, np.ndarray]
+    #: the residual change per step at each step [B, N] (‖R_r − R_{r−1}‖; NaN: not stored)
+    residual_change: np.ndarray | None = None
 
 
 def compound(contributions: np.ndarray, segment: np.ndarray, rule: str) -> np.ndarray:
@@ -160,6 +162,8 @@ class ReplayObjective:
         by_run = {run: df for run, df in errors.groupby("run_id")}
         reuse_by = {} if reuse is None or reuse.empty else {key: df for key, df in reuse.groupby(["run_id", "mode"])}
         t_by_run = {run: df.sort_values("step")["timestep"].to_numpy(np.float64) for run, df in steps.groupby("run_id")}
+        rc_by_run = {} if "residual_change" not in steps else {
+            run: df.sort_values("step")["residual_change"].to_numpy(np.float64) for run, df in steps.groupby("run_id")}
         groups: list[_ReplayGroup] = []
         for n, runs in n_of.groupby(n_of):
             run_ids = [r for r in runs.index if r in by_run and len(t_by_run[r]) == n]
@@ -184,7 +188,8 @@ class ReplayObjective:
                     err[mode][j, s[ok], k[ok]] = measured["error"].to_numpy(np.float64)[ok]
             timesteps = np.stack([t_by_run[r] for r in run_ids])
             gain = _gains(run_ids, int(n), gains, positions, run_gains, self.modes)
-            groups.append(_ReplayGroup(int(n), run_ids, timesteps, dx, dt, err, gain))
+            change = np.stack([rc_by_run[r] if r in rc_by_run else np.full(n, np.nan) for r in run_ids])
+            groups.append(_ReplayGroup(int(n), run_ids, timesteps, dx, dt, err, gain, change))
         if not groups:
             raise ValueError("no run has both per-step timesteps and cache errors")
         return groups
@@ -233,7 +238,9 @@ def _replay_group(params: RuleParams, g: _ReplayGroup, err: np.ndarray, gain: np
     G·e [B, N], each step's reference [B, N] and the fraction computed [B].
 
     The rule sees ``x = [dx]`` against ``ref_x = [0]``, whose RMS difference is exactly the stored
-    ``‖x_i − x_r‖``; the timesteps are the stored ones. A lag the store does not cover gives a NaN
+    ``‖x_i − x_r‖``; the timesteps are the stored ones, and the residual-change term reads the
+    stored ``‖R_r − R_{r−1}‖`` carried over the lag (the runtime's r' is its previous *computed*
+    step, the change per step alike). A lag the store does not cover gives a NaN
     score, which never passes ``S ≤ ε``, so the step computes.
     """
     b, n = g.timesteps.shape
@@ -250,8 +257,9 @@ def _replay_group(params: RuleParams, g: _ReplayGroup, err: np.ndarray, gain: np
         safe = np.where(in_range, lag, 0)
         dx = np.where(in_range, g.dx[rows, ref, safe], np.nan)
         t_now = torch.from_numpy(g.timesteps[:, i].copy())
+        change = None if g.residual_change is None else g.residual_change[rows, ref] * lag
         decision = decide(params, i, n, torch.from_numpy(dx.reshape(b, 1)), t_now,
-                          None if ref_t is None else zeros, ref_t, skips)
+                          None if ref_t is None else zeros, ref_t, skips, change)
         compute = decision.compute.numpy()
         skipped = ~compute
         if skipped.any():

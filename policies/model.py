@@ -95,7 +95,7 @@ class SchedulerInfo:
 
 @dataclass(frozen=True)
 class Predictor:
-    """The score ``S = a·J_x(t_r)·‖x − x_r‖ + b·J_t(t_r)·|t − t_r| + d·J_t(t_r)·|t − t_r|² + c``
+    """The score ``S = a·J_x(t_r)·‖x − x_r‖ + b·J_t(t_r)·|t − t_r| + d·J_t(t_r)·|t − t_r|² + e·ΔR + c``
     and its quality of fit. One per reuse mode in policy format version 2 (``predictors``).
 
     Args:
@@ -107,6 +107,10 @@ class Predictor:
             when not fitted.
         d (`float`): weight of the second-order timestep term, finite and >= 0 (a forecast's
             error grows with the square of the gap); optional in the file, 0 when absent.
+        e (`float`): weight of the residual-change term ``‖R_r − R_r'‖ / (r − r')·(i − r)``, the
+            sample's own residual change between its last two computed steps carried over the
+            gap (`sencache.rule`), finite and >= 0; optional in the file, 0 when absent. A
+            sencache that predates it refuses the key rather than scoring without it.
     """
 
     a: float = 1.0
@@ -115,14 +119,15 @@ class Predictor:
     r2: float | None = None
     spearman: float | None = None
     d: float = 0.0
+    e: float = 0.0
     _where: InitVar[Where | None] = None
 
     KEYS = ("a", "b", "c", "r2", "spearman")
-    OPTIONAL_KEYS = ("d",)
+    OPTIONAL_KEYS = ("d", "e")
 
     def __post_init__(self, _where: Where | None) -> None:
         where = _here(_where, "predictor")
-        for key in ("a", "b", "c", "d"):
+        for key in ("a", "b", "c", "d", "e"):
             object.__setattr__(self, key, number(getattr(self, key), where.at(key)))
         r2 = optional_number(self.r2, where.at("r2"), low=None, high=1.0)
         rho = optional_number(self.spearman, where.at("spearman"), low=-1.0, high=1.0)
@@ -137,8 +142,9 @@ class Predictor:
 
     def to_dict(self) -> dict[str, Any]:
         out = {key: getattr(self, key) for key in self.KEYS}
-        if self.d:
-            out["d"] = self.d
+        for key in self.OPTIONAL_KEYS:
+            if getattr(self, key):
+                out[key] = getattr(self, key)
         return out
 
     def score(self, j_x: float, dx: float, j_t: float, dt: float) -> float:

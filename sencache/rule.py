@@ -1,7 +1,14 @@
 """The SenCache rule, as a pure function of one denoising step (docs/design.md, "The rule").
 
-    S_i = a·J_x(t_r)·‖x_i − x_r‖ + b·J_t(t_r)·|t_i − t_r| + d·J_t(t_r)·|t_i − t_r|² + c
+    S_i = a·J_x(t_r)·‖x_i − x_r‖ + b·J_t(t_r)·|t_i − t_r| + d·J_t(t_r)·|t_i − t_r|²
+          + e·‖R_r − R_r'‖ / (r − r')·(i − r) + c
     skip iff  warmup ≤ i < N − final,  S_i ≤ ε(i / (N − 1)),  and fewer than K skips in a row.
+
+The e term is the sample's own residual change between its last two computed steps r' < r,
+per step, carried over the gap: what a forecast extrapolates, and what the runtime knows at no
+cost (`sencache.residual_change`). It is the one term that moves with the sample rather than
+with the timestep alone; a row that has computed only once has no change yet, scores NaN where
+e > 0, and computes.
 
 The coefficients are those of the point's own reuse mode (policy format version 2 stores one
 predictor per mode: the error of plain reuse and of a forecast are different quantities). A
@@ -58,6 +65,8 @@ class RuleParams:
     d: float = 0.0
     #: a static point's compute steps for an N-step run (None: score-driven)
     schedule: Callable[[int], frozenset[int]] | None = None
+    #: weight of the residual-change term (0: the runtime does not track the change)
+    e: float = 0.0
 
     @classmethod
     def from_parts(cls, predictor: Any, table: Any, point: Any) -> RuleParams:
@@ -81,6 +90,7 @@ class RuleParams:
             forecast=forecast,
             d=float(getattr(predictor, "d", 0.0) or 0.0),
             schedule=None if schedule is None else schedule.steps,
+            e=float(getattr(predictor, "e", 0.0) or 0.0),
         )
 
     def sensitivities(self, t_ref: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -111,12 +121,15 @@ def decide(
     ref_x: torch.Tensor | None,
     ref_t: torch.Tensor | None,
     skips_in_row: torch.Tensor | None,
+    change: torch.Tensor | np.ndarray | None = None,
 ) -> Decision:
     """Decide, per row, whether step `step` of `num_steps` runs the block stack.
 
     `x`, `t` are this step's latent [B, ...] and timestep [B]; `ref_x`, `ref_t` the latent and
     timestep of each row's last computed step (None before the first one); `skips_in_row` the
-    number of consecutive skips of each row so far.
+    number of consecutive skips of each row so far; `change` [B], when ``params.e > 0``, each row's
+    residual change per step times the steps since its reference (NaN: not known yet; None: none
+    known for any row).
     """
     batch = x.shape[0]
     threshold = float(params.eps(step_position(step, num_steps)))
@@ -136,6 +149,10 @@ def decide(
     jx, jt = params.sensitivities(t_ref)
     gap = np.abs(t_now - t_ref)
     scores = params.a * jx * dx + params.b * jt * gap + params.d * jt * gap**2 + params.c
+    if params.e > 0:
+        known = np.full(batch, np.nan) if change is None else np.asarray(
+            change.detach().cpu() if isinstance(change, torch.Tensor) else change, dtype=np.float64)
+        scores = scores + params.e * known
     under = scores <= threshold
     capped = skips_in_row.cpu().numpy() >= params.max_skips
     skip = under & ~capped

@@ -38,6 +38,7 @@ from policies.errors import SenCacheError
 from sencache.adapters import BlockStackAdapter
 from sencache.locate import locate_step, row_timesteps
 from sencache.report import RunReport
+from sencache.residual_change import ResidualChange
 from sencache.rule import Decision, RuleParams, decide
 
 __all__ = ["CaptureHooks", "forecast_weights"]
@@ -61,6 +62,8 @@ class _Trajectory:
     #: each row's timestep at the computed step before its last one (NaN: none yet)
     prev_t: torch.Tensor | None = None
     skips_in_row: torch.Tensor | None = None
+    #: each row's last computed step (the residual-change term's gap is counted in steps)
+    ref_step: torch.Tensor | None = None
     decisions: dict[int, Decision] = field(default_factory=dict)
     #: per step, the skipped rows' forecast weights (forecast "linear" only)
     weights: dict[int, torch.Tensor] = field(default_factory=dict)
@@ -93,6 +96,8 @@ class _Runtime:
         self.t_rows: torch.Tensor | None = None
         self._handed_t: torch.Tensor | None = None
         self.last_report: RunReport | None = None
+        #: each row's residual change between its last two computed steps (the score's e term)
+        self.residual_change = ResidualChange()
         self.reset_residuals: Callable[[], None] = lambda: None
         self.context: Callable[[], Any] = lambda: None
 
@@ -137,13 +142,16 @@ class _Runtime:
             self.mask = None  # another batch size in this step: compute every row, decide nothing
             self.weights = self.t_rows = None
             return
-        decision = decide(self.params, step, total, x, t_rows, traj.ref_x, traj.ref_t, traj.skips_in_row)
+        decision = decide(self.params, step, total, x, t_rows, traj.ref_x, traj.ref_t, traj.skips_in_row,
+                          self._change(traj, step, x.shape[0]))
         compute = decision.compute
         if traj.ref_x is None or traj.ref_x.shape[0] != x.shape[0]:
             traj.ref_x, traj.ref_t = x.detach().clone(), t_rows.clone()
             traj.prev_t = torch.full_like(t_rows, float("nan"))
             traj.skips_in_row = torch.zeros(x.shape[0], dtype=torch.long)
+            traj.ref_step = torch.full((x.shape[0],), step, dtype=torch.long)
         else:
+            traj.ref_step = torch.where(compute, torch.full_like(traj.ref_step, step), traj.ref_step)
             rows = compute.nonzero().flatten()
             traj.ref_x.index_copy_(0, rows.to(x.device), x.detach().index_select(0, rows.to(x.device)))
             traj.prev_t = torch.where(compute.to(t_rows.device), traj.ref_t, traj.prev_t)
@@ -160,6 +168,13 @@ class _Runtime:
         self.t_rows = t_rows
         if step == total - 1:
             self._finish()
+
+    def _change(self, traj: _Trajectory, step: int, batch: int) -> torch.Tensor | None:
+        """Each row's residual change per step times the steps since its reference (score term e)."""
+        if not self.tracks_residual_change or traj.ref_step is None or traj.ref_step.shape[0] != batch:
+            return None
+        per_step = self.residual_change.per_step(batch)
+        return None if per_step is None else per_step * (step - traj.ref_step).double()
 
     def _is_new_call(self, traj: _Trajectory, step: int, total: int, source: Any, x: torch.Tensor) -> bool:
         if source is not None and source is not traj.source:
@@ -199,6 +214,7 @@ class _Runtime:
         """Drop the trajectory, the pending decision and every cached residual (keeps the last report)."""
         self.trajectory = None
         self.mask = self.weights = self._handed_weights = self.t_rows = self._handed_t = None
+        self.residual_change.clear()
         self.reset_residuals()
 
     def end_call(self) -> None:
@@ -226,6 +242,15 @@ class _Runtime:
     def forecasting(self) -> bool:
         """Whether skipped rows extrapolate their residual (the stack then keeps a difference)."""
         return self.params.forecast == "linear"
+
+    @property
+    def tracks_residual_change(self) -> bool:
+        """Whether the stack hands over each computing row's residual (the score weighs its change)."""
+        return self.params.e > 0 and self.params.schedule is None
+
+    def residual_computed(self, context: str, rows: torch.Tensor | None, batch: int, residual: torch.Tensor) -> None:
+        if self.trajectory is not None:
+            self.residual_change.record(context, rows, batch, residual, self.trajectory.step)
 
     def row_timesteps(self, context: str, batch: int) -> torch.Tensor | None:
         """The rows' timesteps of the mask just handed out (forecast "taylor"); None: no decision."""

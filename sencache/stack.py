@@ -37,7 +37,7 @@ from diffusers.hooks.hooks import BaseState, StateManager
 
 from sencache.adapters import BlockStackAdapter
 
-__all__ = ["HEAD_HOOK", "PASS_HOOK", "StackController", "StackHooks", "install_stack", "remove_stack"]
+__all__ = ["HEAD_HOOK", "PASS_HOOK", "StackController", "StackHooks", "install_stack", "remove_stack", "report_residual"]
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +69,9 @@ class StackController(Protocol):
     # `row_timesteps` / `row_steps(context, batch) -> Tensor | None` (the rows' timesteps or step
     # index; None: compute every row, touch no factor): forecast "taylor", where skipped rows run
     # the blocks with their attention / feed-forward outputs forecast; no residual is kept.
+    # Optional: `tracks_residual_change` (bool attribute) and `residual_computed(context, rows,
+    # batch, residual)`: each computing row's fresh residual (first stream; `rows` None: all of
+    # `batch`), for the score's residual-change term (`sencache.residual_change`).
 
 
 class _ResidualState(BaseState):
@@ -154,6 +157,14 @@ class _Plan:
     mask: torch.Tensor | None
     weights: torch.Tensor | None
     forecasting: bool
+
+
+@torch.compiler.disable
+def report_residual(controller: Any, context: str, rows: torch.Tensor | None, batch: int,
+                    residual: torch.Tensor) -> None:
+    """Hand the computing rows' fresh residual to a controller that tracks its change."""
+    if getattr(controller, "tracks_residual_change", False):
+        controller.residual_computed(context, rows, batch, residual)
 
 
 class _HeadHook(ModelHook):
@@ -272,6 +283,7 @@ class _HeadHook(ModelHook):
             elif plan.forecasting:
                 state.delta = None
             state.residual = residual
+            report_residual(self.controller, plan.context, None, plan.batch, residual[0])
             self.controller.stack_ran(plan.context, plan.batch, plan.batch)
             return self.adapter.as_output(streams_out)
         out = _reuse(plan.streams_in, cached, state.delta, plan.weights)
@@ -280,6 +292,8 @@ class _HeadHook(ModelHook):
         for k, (o_sub, i_sub) in enumerate(zip(streams_out, sub_in)):
             rows = index.to(o_sub.device)
             fresh = o_sub - i_sub
+            if k == 0:
+                report_residual(self.controller, plan.context, index, plan.batch, fresh)
             if plan.forecasting:  # the computing rows' difference: new residual minus their last one
                 state.delta[k].index_copy_(0, rows, _difference(fresh, cached[k].index_select(0, rows)))
             cached[k].index_copy_(0, rows, fresh)

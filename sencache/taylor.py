@@ -38,7 +38,7 @@ from diffusers.hooks.hooks import BaseState, StateManager
 
 from policies.errors import InputError
 from sencache.adapters import BlockStackAdapter
-from sencache.stack import _slice
+from sencache.stack import _slice, report_residual
 
 __all__ = ["FORECAST_HOOK", "ORDERS", "UNITS", "ModuleForecast", "install_forecast", "remove_forecast"]
 
@@ -277,6 +277,9 @@ class ModuleForecast:
                 self.active = None
             if update:
                 self._commit(p, t_all[rows])
+                if getattr(head.controller, "tracks_residual_change", False):
+                    fresh = parts[-1][1][0] - head.adapter.stream_inputs(sub)[0]
+                    report_residual(head.controller, context, None if rows.numel() == batch else rows, batch, fresh)
         head.controller.stack_ran(context, int(compute.sum()), batch)
         if len(parts) == 1:
             return head.adapter.as_output(parts[0][1])

@@ -63,10 +63,46 @@ def test_within_step_ranking_sees_what_pooling_hides():
     assert within_step_spearman(pairs, (steps + 1) * 10 - per_sample) == pytest.approx(-1.0)
 
 
-def test_the_candidate_residual_change_term_is_measured_not_shipped(fits):
+def test_the_residual_change_term_is_measured_for_every_mode(fits):
     _, out = fits
     extra = out["linear"].with_residual_change
-    assert extra and "spearman" in extra and "without" in extra
+    assert extra and "spearman" in extra and "without" in extra and "kept" in extra
+
+
+def _change_pairs(change_carries_error: bool, runs: int = 10, steps: int = 12):
+    """Errors of a forecast: the step sets the scale, the sample's own residual change the rest;
+    the stored change follows that per-sample part, or is unrelated to it."""
+    import pandas as pd
+
+    rng, unrelated = np.random.default_rng(0), np.random.default_rng(1)
+    rows = []
+    for run in range(runs):
+        for step in range(1, steps):
+            for lag in (1, 2):
+                z, other = rng.uniform(0.5, 2.0), unrelated.uniform(0.5, 2.0)
+                v = 0.1 * lag
+                change = (z if change_carries_error else other) * lag
+                rows.append({"run_id": run, "step": step, "lag": lag, "mode": "linear", "u": 0.3, "v": v,
+                             "v2": v * v, "rc": change, "error": 0.05 * v + 0.2 * z * lag,
+                             "split": "holdout" if run >= runs - 4 else "calib"})
+    return pd.DataFrame(rows)
+
+
+def test_a_residual_change_that_tracks_the_error_is_kept_and_decides_within_a_step():
+    # Fails on a fit that leaves the term out: the other terms are the same for every sample.
+    from calibration.modefit import fit_one_mode
+
+    fit = fit_one_mode(_change_pairs(change_carries_error=True), "linear")
+    assert fit.with_residual_change["kept"] is True
+    assert fit.e == pytest.approx(0.2, rel=0.1) and fit.predictor().e == fit.e
+    assert fit.within_step_spearman > 0.9 and fit.spearman > fit.with_residual_change["without"] + 0.05
+
+
+def test_a_residual_change_unrelated_to_the_error_is_left_out():
+    from calibration.modefit import fit_one_mode
+
+    fit = fit_one_mode(_change_pairs(change_carries_error=False), "linear")
+    assert fit.with_residual_change["kept"] is False and fit.e == 0.0 and fit.predictor().e == 0.0
 
 
 @pytest.mark.parametrize("name", ["toy-wan", "toy-cogvideox", "toy-ltx"])

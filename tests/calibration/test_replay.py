@@ -217,3 +217,24 @@ def test_a_replay_check_warns_with_the_rerun_fit_command_when_replay_and_rerun_p
     else:
         assert len(warned) == 1 and "'p'" in warned[0]
         assert "sencache-calibrate fit --db calib.duckdb --objective rerun" in warned[0]
+
+
+def test_a_point_that_weighs_the_residual_change_replays_each_run_by_its_stored_change(data):
+    # Fails when replay leaves the change out: with a = b = c = d = 0 every step would score NaN
+    # and compute, or every run would decide alike.
+    from policies import EpsSchedule
+
+    point = OperatingPoint("change", EpsSchedule.constant(0.05), max_skips=1, forecast="linear")
+    only_change = {"none": Predictor(0.0, 0.0, 0.0), "linear": Predictor(0.0, 0.0, 0.0, e=1.0)}
+    calm = data.steps.assign(residual_change=np.where(data.steps["step"] == 0, np.nan, 0.01))  # as collect stores it
+    replay = ReplayObjective(data.sensitivity_table(), calm, data.cache_errors, reuse_errors=data.reuse_errors)
+    masks = replay.masks(only_change, point)
+    # step 0 computes (first), step 1 has no change before it; then K = 1 skips every other step
+    assert all(sorted(m)[:2] == [0, 1] and len(m) < 12 for m in masks)
+    first = sorted(calm["run_id"].unique())[0]
+    busy = calm.assign(residual_change=np.where(calm["run_id"] == first, 1.0, calm["residual_change"]))
+    masks = ReplayObjective(data.sensitivity_table(), busy, data.cache_errors,
+                            reuse_errors=data.reuse_errors).masks(only_change, point)
+    by_run = dict(zip(replay.groups[0].run_ids, masks))
+    assert by_run[first] == frozenset(range(12))  # its change scores above ε at every step
+    assert all(len(m) < 12 for run, m in by_run.items() if run != first)

@@ -84,12 +84,24 @@ def test_version_2_round_trips_and_version_1_is_saved_as_version_2(tmp_path):
     assert saved["predictors"]["none"] == saved["predictors"]["linear"] == fresh_v1()["predictor"]
 
 
+def test_a_residual_change_weight_round_trips_and_reaches_the_rule(tmp_path):
+    data = fresh_valid()
+    data["predictors"]["linear"]["e"] = 0.25
+    policy = Policy.from_dict(data)
+    assert policy.predictor_for("linear").e == 0.25 and policy.predictor_for("none").e == 0.0
+    assert Policy.load(policy.save(tmp_path / "p.json")) == policy
+    assert "e" not in policy.to_dict()["predictors"]["none"]  # a weight of 0 is not written
+    params, _ = rule_params(policy, operating_point="fast")  # the fixture's linear point
+    assert params.e == 0.25
+
+
 @pytest.mark.parametrize(("mutate", "path", "reason"), [
     (lambda d: d["predictors"].pop("none"), r"predictors\.none", "is missing"),
     (lambda d: d["predictors"].update(taylr={"a": 1, "b": 1, "c": 0, "r2": None, "spearman": None}),
      "predictors.taylr", "not a reuse mode"),
     (lambda d: d.update(predictors={}), "predictors", "at least one predictor"),
     (lambda d: d["predictors"]["linear"].update(d=-1.0), "predictors.linear.d", "must be >= 0"),
+    (lambda d: d["predictors"]["linear"].update(e=-0.5), "predictors.linear.e", "must be >= 0"),
     (lambda d: d.update(predictor=d["predictors"]["none"]), "predictor", "not a field"),
 ])
 def test_version_2_refusals_name_the_file_and_field(mutate, path, reason):
