@@ -425,6 +425,7 @@ def fit(
     validate: str | None = None,
     search: str = "smooth",
     static_evals: int = 40,
+    residual_change: bool = False,
 ) -> dict[str, Any]:
     """Fit a policy's predictor and operating points from the store at `db`; returns the result.
 
@@ -447,6 +448,8 @@ def fit(
         static_evals: evaluations per target spent moving the best static schedule's steps
             (`calibration.static_refine`); the refined schedule competes for the point and is a
             candidate static twin. 0 turns it off.
+        residual_change: offer each reuse mode's predictor the residual-change term e
+            (`calibration.modefit`); it is kept where it lifts the held-out ρ. Off: measured only.
     """
     if isinstance(trials, bool) or not isinstance(trials, int) or trials < 1:
         raise InputError(f"--trials must be a positive integer, got {trials!r}; e.g. `sencache-calibrate fit --db {db} --trials 60`")
@@ -475,7 +478,7 @@ def fit(
                       predictor_fit.spearman)
     # One predictor per reuse mode the store measured; a mode it did not measure falls back to
     # the plain-reuse fit (and says so in the result).
-    mode_fits = fit_modes(data.mode_pairs(table), FORECASTS)
+    mode_fits = fit_modes(data.mode_pairs(table), FORECASTS, residual_change=residual_change)
     predictors = {m: (mode_fits[m].predictor() if m in mode_fits else plain) for m in FORECASTS}
     predictor = predictors["none"]
     weak = below_paper(mode_fits)
@@ -496,9 +499,9 @@ def fit(
 
     calib_obj = _costed(objectives.for_split("calib"), costs)
     # The store's digest in the name: the same store resumes its study, a changed one starts afresh.
-    # "fit3": per-mode predictors with the residual-change term score the trials, so a study of an
-    # earlier fit does not resume
-    study_name = (f"sencache-fit3-{search}-{kind}-k{knots}-f{len(forecasts)}-s{seed}-"
+    # "fit2": per-mode predictors score the trials, so a study of the earlier fit does not resume;
+    # "fit3rc": with the residual-change term
+    study_name = (f"sencache-{'fit3rc' if residual_change else 'fit2'}-{search}-{kind}-k{knots}-f{len(forecasts)}-s{seed}-"
                   f"{(data.digest or 'nodigest')[:12]}")
     study = open_study(_storage(storage, data.path), seed, study_name)
     paper_ratio = _paper_ratio(pairs, predictor)

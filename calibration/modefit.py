@@ -29,9 +29,10 @@ The residual change ``‖R_r − R_{r−1}‖`` (`steps.residual_change`), carri
 fourth term, weight e: the sample's own change between its last two computed residuals, which
 the runtime tracks at no model cost (`sencache.residual_change`). It is what a forecast
 extrapolates, so it tells where a forecast will miss: on toy-wan it lifts the forecast modes'
-held-out ρ from 0.86 to 0.96. A mode keeps it only where it lifts the held-out ρ by
-`RC_MIN_GAIN` on the rows that have it (a reference with no computed step before it has none);
-`with_residual_change` records both fits either way.
+held-out ρ from 0.86 to 0.96. It is offered only on request (`fit --residual-change`: a
+refit with it moved the toys' other points and lost at 0.7, README), and a mode then keeps it
+only where it lifts the held-out ρ by `RC_MIN_GAIN` on the rows that have it (a reference with
+no computed step before it has none); `with_residual_change` records both fits either way.
 """
 
 from __future__ import annotations
@@ -226,8 +227,9 @@ def _usable(pairs: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
     return pairs.loc[keep]
 
 
-def fit_one_mode(pairs: pd.DataFrame, mode: str) -> ModeFit:
-    """Fit `mode`'s predictor on its rows of `pairs` and measure it (see the module docstring)."""
+def fit_one_mode(pairs: pd.DataFrame, mode: str, residual_change: bool = False) -> ModeFit:
+    """Fit `mode`'s predictor on its rows of `pairs` and measure it (see the module docstring);
+    `residual_change` False measures the residual-change term but never keeps it."""
     rows = _usable(pairs[pairs["mode"] == mode], list(TERMS)).reset_index(drop=True)
     if len(rows) < 3:
         raise ValueError(f"reuse mode {mode!r}: {len(rows)} usable error rows, too few to fit a predictor")
@@ -245,7 +247,8 @@ def fit_one_mode(pairs: pd.DataFrame, mode: str) -> ModeFit:
         candidate["without"] = _scores(with_rc, _held_out(with_rc, list(TERMS), fitter)[0])["spearman"]
         gain = None if candidate["spearman"] is None or candidate["without"] is None else \
             candidate["spearman"] - candidate["without"]
-        candidate["kept"] = bool(gain is not None and gain >= RC_MIN_GAIN and rc_beta[3] > 0)
+        candidate["offered"] = residual_change
+        candidate["kept"] = bool(residual_change and gain is not None and gain >= RC_MIN_GAIN and rc_beta[3] > 0)
         if candidate["kept"]:  # the rows without a change (no earlier computed step) compute at runtime
             rows, preds, n_train = with_rc, rc_preds, rc_train
             quality = {k: candidate[k] for k in ("r2", "r2_log", "spearman", "within_step_spearman")}
@@ -266,10 +269,10 @@ def fit_one_mode(pairs: pd.DataFrame, mode: str) -> ModeFit:
     return fit
 
 
-def fit_modes(pairs: pd.DataFrame, modes: tuple[str, ...]) -> dict[str, ModeFit]:
-    """A `ModeFit` for every mode of `modes` that the pairs measure."""
+def fit_modes(pairs: pd.DataFrame, modes: tuple[str, ...], residual_change: bool = False) -> dict[str, ModeFit]:
+    """A `ModeFit` for every mode of `modes` that the pairs measure (`fit_one_mode`)."""
     present = set(pairs["mode"].astype(str).unique())
-    return {m: fit_one_mode(pairs, m) for m in modes if m in present}
+    return {m: fit_one_mode(pairs, m, residual_change) for m in modes if m in present}
 
 
 def below_paper(fits: dict[str, ModeFit]) -> list[str]:

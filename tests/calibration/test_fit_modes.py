@@ -92,7 +92,7 @@ def test_a_residual_change_that_tracks_the_error_is_kept_and_decides_within_a_st
     # Fails on a fit that leaves the term out: the other terms are the same for every sample.
     from calibration.modefit import fit_one_mode
 
-    fit = fit_one_mode(_change_pairs(change_carries_error=True), "linear")
+    fit = fit_one_mode(_change_pairs(change_carries_error=True), "linear", residual_change=True)
     assert fit.with_residual_change["kept"] is True
     assert fit.e == pytest.approx(0.2, rel=0.1) and fit.predictor().e == fit.e
     assert fit.within_step_spearman > 0.9 and fit.spearman > fit.with_residual_change["without"] + 0.05
@@ -101,8 +101,19 @@ def test_a_residual_change_that_tracks_the_error_is_kept_and_decides_within_a_st
 def test_a_residual_change_unrelated_to_the_error_is_left_out():
     from calibration.modefit import fit_one_mode
 
-    fit = fit_one_mode(_change_pairs(change_carries_error=False), "linear")
+    fit = fit_one_mode(_change_pairs(change_carries_error=False), "linear", residual_change=True)
     assert fit.with_residual_change["kept"] is False and fit.e == 0.0 and fit.predictor().e == 0.0
+
+
+def test_the_residual_change_term_is_only_measured_unless_the_fit_asks_for_it():
+    # the default fit is the one the shipped policies come from: the term must not creep in
+    from calibration.modefit import fit_one_mode
+
+    pairs = _change_pairs(change_carries_error=True)
+    fit = fit_one_mode(pairs, "linear")
+    assert fit.e == 0.0 and fit.with_residual_change["offered"] is False
+    assert fit.with_residual_change["spearman"] > fit.with_residual_change["without"] + 0.05
+    assert fit_modes(pairs, ("linear",), residual_change=True)["linear"].e > 0
 
 
 @pytest.mark.parametrize("name", ["toy-wan", "toy-cogvideox", "toy-ltx"])
