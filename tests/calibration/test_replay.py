@@ -185,6 +185,28 @@ def test_replay_reports_the_masks_a_point_computes_and_a_capped_points_twin_is_i
     assert twin.point.schedule.fraction(12) == pytest.approx(measured.nfe_fraction)  # the same compute
 
 
+def test_a_static_twin_never_computes_more_steps_than_its_point(data):
+    # Fails when the point's own usual mask may compute more than the point does on average: that
+    # mask is closer to full compute for its extra steps, displaced the point and shipped above
+    # its target (toy-wan, `fit --residual-change`: `quality` at 0.77 for 0.7).
+    import optuna
+
+    from calibration.search import SearchSpace
+    from calibration.shapes import static_twin
+    from policies import EpsSchedule
+
+    replay = _replay(data, run_gains=data.propagation)
+    capped = OperatingPoint("p", EpsSchedule((0.0, 1.0), (1e9, 1e9)), max_skips=1)
+    measured = replay.evaluate(PREDICTOR, capped)
+    dense = OperatingPoint("p", schedule=evenly_spaced(0.9, 12))
+    space = SearchSpace(knots=12, log_lo=-10.0, log_hi=10.0, num_steps=12)
+    twin = static_twin(optuna.create_study(directions=["minimize", "minimize"]), capped, measured.nfe_fraction, space,
+                       replay, replay, PREDICTOR, measured, extra=[("a denser mask", dense)])
+    assert replay.evaluate(PREDICTOR, dense).error < replay.evaluate(PREDICTOR, twin.point).error  # it would win
+    assert twin.origin == "uniform"
+    assert twin.point.schedule.count(12) <= measured.nfe_fraction * 12 + 0.5
+
+
 class _Fixed:
     """A stand-in objective that replays every point to `error`."""
 
