@@ -186,8 +186,9 @@ def _add_fit(sub: argparse._SubParsersAction) -> None:
                    help="let the score weigh each sample's residual change between its last two computed steps "
                    "(predictor term e), in every reuse mode where it lifts the held-out rank correlation; the "
                    "runtime tracks it per sample. Off by default: on the toys it lifts the forecast modes' "
-                   "held-out rho from 0.69-0.86 to 0.94-0.97, and toy-wan's 0.4 point beats its static twin by "
-                   "6 dB with it, but the fit's other points move and lose (README, 'The residual-change term')")
+                   "held-out rho from 0.69-0.86 to 0.94-0.97; toy-wan's shipped policy uses it (every point "
+                   "score-driven and ahead of its static twin), but a refit with it trades quality between "
+                   "compute fractions (README, 'The residual-change term')")
 
 
 # --- export ------------------------------------------------------------------------------------

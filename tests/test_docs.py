@@ -385,7 +385,12 @@ def test_the_policy_format_tables_are_the_fields_policies_writes():
 
 
 def _toy_policy() -> dict:
-    return json.loads((ROOT / "policies" / "toy-wan.json").read_text())
+    """A shipped policy with both a score-driven and a static point (toy-wan's are all score-driven)."""
+    for path in sorted((ROOT / "policies").glob("*.json")):
+        data = json.loads(path.read_text())
+        if len({"schedule" in p for p in data["operating_points"]}) == 2:
+            return data
+    raise AssertionError("no shipped policy has both a score-driven and a static point")
 
 
 def _objects(data: dict) -> dict[str, dict]:
