@@ -33,7 +33,6 @@ left to follow (they would cost `collect` about 24 re-runs of each propagation r
 from __future__ import annotations
 
 import argparse
-import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,15 +43,9 @@ from scipy.optimize import minimize
 from scipy.stats import spearmanr
 
 from benchmarks.headroom_probe import mask_point
-from benchmarks.replay_vs_rerun import draw_params
-from calibration.fit import _Objectives
-from calibration.fitdata import load_fit_data
-from calibration.modefit import fit_modes
+from benchmarks.replay_vs_rerun import CandidateBench
 from calibration.objectives import rule_params_for
 from calibration.replay import _replay_group
-from calibration.search import SearchSpace
-from calibration.shapes import bisect_level, shape_point, static_from_shape
-from policies.operating import FORECASTS
 
 RUN_LENGTH_BINS = ((0.0, 1.5), (1.5, 2.5), (2.5, 99.0))
 MODELS = {"segments": (), "alpha": ("alpha",), "alpha+beta": ("alpha", "beta"), "alpha+q": ("alpha", "q")}
@@ -132,20 +125,10 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    db = Path(tempfile.mkdtemp(prefix="compounding-")) / "read.duckdb"
-    shutil.copy(args.db, db)
-    data = load_fit_data(db, args.model)
-    table = data.sensitivity_table()
-    fits = fit_modes(data.mode_pairs(table), FORECASTS)
-    predictors = {m: fits[m].predictor() for m in fits}
-    calib = data.pairs(table)
-    calib = calib[calib["split"] == "calib"]
-    scores = predictors["none"].a * calib["u"] + predictors["none"].b * calib["v"] + predictors["none"].c
-    measured = tuple(m for m in FORECASTS if m == "none" or m in set(data.reuse_errors["mode"].astype(str)))
-    space = SearchSpace.from_scores(scores.to_numpy(np.float64), 12, data.num_steps, forecasts=measured)
-    replay = _Objectives("replay", data, table, args.model).for_split("calib")
-    rerun = _Objectives("rerun", data, table, args.model).for_split("calib")
-    n = data.num_steps
+    bench = CandidateBench.open(args.model, args.db, Path(tempfile.mkdtemp(prefix="compounding-")))
+    table, predictors, replay, rerun = bench.table, bench.predictors, bench.replay, bench.rerun
+    measured = bench.space.forecasts
+    n = bench.data.num_steps
 
     def score(point, kind: str) -> Scored:
         params, mode = rule_params_for(predictors, table, point), replay._mode(point)
@@ -164,13 +147,7 @@ def main() -> None:
                 mask = sorted(set(range(warmup)) | set(range(max(warmup - 1, 0), n, length + 1)) | {n - 1})
                 periodic.append(score(mask_point(tuple(mask), n, mode), "periodic"))
     rng = np.random.default_rng(args.seed)
-    candidates = []
-    for _ in range(args.candidates):
-        params = draw_params(rng, space)
-        nfe_of = lambda p: replay.evaluate(predictors, p).nfe_fraction  # noqa: E731
-        point = static_from_shape(params, space, params["target"]) if params["kind"] == "static" else \
-            shape_point(params, space, bisect_level(params, space, nfe_of, params["target"], 8))
-        candidates.append(score(point, params["kind"]))
+    candidates = [score(point, kind) for kind, point in (bench.draw(rng) for _ in range(args.candidates))]
     print(f"\n## {args.model}: corrections fitted on {len(periodic)} periodic masks, judged on "
           f"{len(candidates)} candidates\n")
     print("| correction | ρ | median corrected replay / re-run by mean run length (≤1.5 / 1.5–2.5 / >2.5) |")

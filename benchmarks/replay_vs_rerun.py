@@ -29,7 +29,9 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -44,6 +46,47 @@ from calibration.shapes import KINDS, NFE_RANGE, SHAPE_RANGES, bisect_level, sha
 from policies.operating import FORECASTS
 
 FRACTIONS = (0.5, 0.4)
+
+
+@dataclass(frozen=True)
+class CandidateBench:
+    """A store copied and loaded, its per-mode predictors, the smooth search's space, and the
+    replay and re-run objectives on its calibration runs: what every candidate is scored with."""
+
+    data: Any
+    table: Any
+    predictors: dict
+    space: SearchSpace
+    replay: ReplayObjective
+    rerun: Any
+
+    @classmethod
+    def open(cls, model: str, db: Path, work: Path) -> CandidateBench:
+        """Copy `db` into `work` (the store given is never written) and set everything up."""
+        copy = work / "read.duckdb"
+        shutil.copy(db, copy)
+        data = load_fit_data(copy, model)
+        table = data.sensitivity_table()
+        fits = fit_modes(data.mode_pairs(table), FORECASTS)
+        predictors = {m: fits[m].predictor() for m in fits}
+        predictors.update({m: predictors["none"] for m in FORECASTS if m not in predictors})
+        calib = data.pairs(table)
+        calib = calib[calib["split"] == "calib"]
+        scores = predictors["none"].a * calib["u"] + predictors["none"].b * calib["v"] + predictors["none"].c
+        measured = tuple(m for m in FORECASTS if m == "none" or m in set(data.reuse_errors["mode"].astype(str)))
+        space = SearchSpace.from_scores(scores.to_numpy(np.float64), 12, data.num_steps, forecasts=measured)
+        return cls(data, table, predictors, space, _Objectives("replay", data, table, model).for_split("calib"),
+                   _Objectives("rerun", data, table, model).for_split("calib"))
+
+    def draw(self, rng: np.random.Generator) -> tuple[str, Any]:
+        """One candidate, (kind, point): a static schedule, or a score-driven shape whose level is
+        bisected on replay to its drawn target compute."""
+        params = draw_params(rng, self.space)
+        if params["kind"] == "static":
+            return "static", static_from_shape(params, self.space, params["target"])
+        nfe_of = lambda p: self.replay.evaluate(self.predictors, p).nfe_fraction  # noqa: E731
+        return params["kind"], shape_point(params, self.space, bisect_level(params, self.space, nfe_of,
+                                                                            params["target"], 8))
 
 
 def draw_params(rng: np.random.Generator, space: SearchSpace) -> dict:
@@ -118,30 +161,16 @@ def main() -> None:
     torch.set_num_threads(1)
     logging.basicConfig(level=logging.WARNING)
     work = Path(tempfile.mkdtemp(prefix="replay-vs-rerun-"))
-    db = work / "read.duckdb"
-    shutil.copy(args.db, db)
-    data = load_fit_data(db, args.model)
-    table = data.sensitivity_table()
-    fits = fit_modes(data.mode_pairs(table), FORECASTS)
-    predictors = {m: fits[m].predictor() for m in fits}
-    predictors.update({m: predictors["none"] for m in FORECASTS if m not in predictors})
-    calib = data.pairs(table)
-    calib = calib[calib["split"] == "calib"]
-    scores = predictors["none"].a * calib["u"] + predictors["none"].b * calib["v"] + predictors["none"].c
-    measured = tuple(m for m in FORECASTS if m == "none" or m in set(data.reuse_errors["mode"].astype(str)))
-    space = SearchSpace.from_scores(scores.to_numpy(np.float64), 12, data.num_steps, forecasts=measured)
-    base = _Objectives("replay", data, table, args.model).for_split("calib")
-    replays = {rule: _with_rule(base, rule) for rule in COMPOUNDING}
-    rerun = _Objectives("rerun", data, table, args.model).for_split("calib")
+    bench = CandidateBench.open(args.model, args.db, work)
+    data, table, predictors = bench.data, bench.table, bench.predictors
+    replays = {rule: _with_rule(bench.replay, rule) for rule in COMPOUNDING}
+    rerun = bench.rerun
     rng = np.random.default_rng(args.seed)
     rows = []
     for index in range(args.candidates):
-        params = draw_params(rng, space)
-        nfe_of = lambda p: replays["segments"].evaluate(predictors, p).nfe_fraction  # noqa: E731
-        point = static_from_shape(params, space, params["target"]) if params["kind"] == "static" else \
-            shape_point(params, space, bisect_level(params, space, nfe_of, params["target"], 8))
+        kind, point = bench.draw(rng)
         real = rerun.evaluate(predictors, point)
-        row = {"candidate": index, "kind": params["kind"], "forecast": point.forecast, "nfe": real.nfe_fraction,
+        row = {"candidate": index, "kind": kind, "forecast": point.forecast, "nfe": real.nfe_fraction,
                "rerun": real.error, "position": skip_position(point, data.num_steps),
                "run_length": mean_skip_run(replays["segments"].usual_mask(predictors, point), data.num_steps)}
         for rule, replay in replays.items():
