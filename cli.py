@@ -145,6 +145,7 @@ def _cmd_fit(args: argparse.Namespace) -> int:
         validate=args.validate,
         static_evals=args.static_evals,
         residual_change=args.residual_change,
+        replay_compounding=args.replay_compounding,
     )
     print(fit_result_path(args.db))
     return EXIT_OK
@@ -189,6 +190,10 @@ def _add_fit(sub: argparse._SubParsersAction) -> None:
                    "held-out rho from 0.69-0.86 to 0.94-0.97; toy-wan's shipped policy uses it (every point "
                    "score-driven and ahead of its static twin), but a refit with it trades quality between "
                    "compute fractions (README, 'The residual-change term')")
+    p.add_argument("--replay-compounding", choices=("calibrated", "segments"), default="calibrated",
+                   help="how replay adds up a mask's skips: calibrated: per reuse mode, fitted on the store's "
+                   "whole-mask re-runs (`collect --mask-runs`) where it has them; segments: the uncalibrated "
+                   "rule (linear within a run of skips, quadrature across) (default: %(default)s)")
 
 
 # --- export ------------------------------------------------------------------------------------
@@ -240,6 +245,7 @@ def _cmd_collect(args: argparse.Namespace) -> int:
         propagation=args.propagation,
         progress=not args.quiet,
         propagation_direction=args.propagation_direction,
+        mask_runs=args.mask_runs,
     )
     print(summary.db)
     return EXIT_OK
@@ -288,6 +294,11 @@ def _add_collect(sub: argparse._SubParsersAction) -> None:
                    "local error; replay of one skip is then exact); trajectory: a small δ along the output's change; "
                    "random: a Gaussian δ, which the denoiser removes (replay then underestimates re-runs) "
                    "(default: %(default)s)")
+    p.add_argument("--mask-runs", type=int, default=None, metavar="MASKS",
+                   help="whole static schedules re-run per run, drawn as the fit draws its static candidates (the "
+                   "reuse modes in turn): their final errors calibrate how replay compounds a mask's skips "
+                   "(`fit --objective replay`); each costs one more pipeline call per run (default: 12 with "
+                   "--propagation, else 0)")
     p.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS, help="no progress bars")
 
 

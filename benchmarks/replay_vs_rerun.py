@@ -15,7 +15,8 @@ re-run fit's K = 1 and K = 2 "taylor" points and its static "linear" one 1.4–1
 its own K = 3 and K = 4 points 0.7–1.0×, so it prefers long runs of skips).
 
     OMP_NUM_THREADS=1 python benchmarks/replay_vs_rerun.py --model toy-wan --db runs/toy-wan.duckdb \
-        [--candidates 30] [--regret --rerun-policy policies/toy-wan.json [--bench-prompts FILE]]
+        [--candidates 30] [--regret [--rerun-policy policies/toy-wan.json] [--fit-args "--residual-change"]
+        [--bench-prompts FILE]]
 
 The store is copied before the replay fit; the one given is never written.
 """
@@ -116,23 +117,38 @@ def _psnr_at(bench_dir: Path) -> dict[float, float | None]:
     return {f: e.get("psnr") if e.get("reached") else None for f, e in entry.items()}
 
 
-def regret(model: str, db: Path, rerun_policy: Path, trials: int, seed: int, work: Path,
-           reuse: Path | None = None, prompts: Path | None = None) -> dict:
-    """Fit by replay on a copy of the store (unless `reuse` names a finished work folder), bench
-    both policies on the bench's held-out prompts (or the file `prompts`), and return their PSNR at
-    `FRACTIONS`."""
+def replay_policy_file(work: Path, model: str, replay_args: tuple[str, ...] = ()) -> Path:
+    """Where the replay fit's policy is written: one file per set of replay-only arguments, so one
+    work folder (`--reuse`) holds e.g. the calibrated and the uncalibrated replay fits."""
+    tag = "".join("-" + a.strip("-") for a in replay_args)
+    return work / f"{model}-replay{tag}.json"
+
+
+def regret(model: str, db: Path, rerun_policy: Path | None, trials: int, seed: int, work: Path,
+           reuse: Path | None = None, prompts: Path | None = None, fit_args: tuple[str, ...] = (),
+           replay_args: tuple[str, ...] = ()) -> dict:
+    """Fit by replay on a copy of the store (unless `reuse` names a finished work folder) — and by
+    re-run on another copy when `rerun_policy` is None, so both fits see the same store and flags —
+    bench both policies on the bench's held-out prompts (or the file `prompts`), and return their
+    PSNR at `FRACTIONS`. `fit_args` go to both fits (e.g. ``--residual-change``), `replay_args` to the
+    replay fit alone (e.g. ``--replay-compounding segments``)."""
     work = reuse or work
-    store = work / f"{model}.duckdb"
     cli = [sys.executable, "-m", "cli", "--quiet"]
-    replay_policy = work / f"{model}-replay.json"
-    if not replay_policy.exists():
-        shutil.copy(db, store)
-        subprocess.run([*cli, "fit", "--db", str(store), "--trials", str(trials), "--seed", str(seed), "--knots", "12",
-                        "--objective", "replay"], check=True)
-        subprocess.run([*cli, "export", "--db", str(store), "--out", str(replay_policy)], check=True)
+
+    def fit(objective: str, policy: Path, extra: tuple[str, ...] = ()) -> Path:
+        if not policy.exists():
+            store = policy.with_suffix(".duckdb")
+            shutil.copy(db, store)
+            subprocess.run([*cli, "fit", "--db", str(store), "--trials", str(trials), "--seed", str(seed), "--knots",
+                            "12", "--objective", objective, *fit_args, *extra], check=True)
+            subprocess.run([*cli, "export", "--db", str(store), "--out", str(policy)], check=True)
+        return policy
+
+    replay_policy = fit("replay", replay_policy_file(work, model, replay_args), replay_args)
+    rerun_policy = rerun_policy or fit("rerun", work / f"{model}-rerun.json")
     out = {}
     for name, policy in (("replay", replay_policy), ("rerun", rerun_policy)):
-        bench = work / (f"bench-{name}" if prompts is None else f"bench-{name}-{prompts.stem}")
+        bench = work / (f"bench-{policy.stem}" if prompts is None else f"bench-{policy.stem}-{prompts.stem}")
         if not (bench / "bench.json").exists():
             subprocess.run([*cli, "bench", "--model", model, "--policy", str(policy), "--methods", "none,sencache",
                             "--seeds", "2", "--out", str(bench), *(["--prompts", str(prompts)] if prompts else [])],
@@ -149,21 +165,30 @@ def main() -> None:
     parser.add_argument("--candidates", type=int, default=30)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--regret", action="store_true", help="also fit by replay and bench it against --rerun-policy")
-    parser.add_argument("--rerun-policy", type=Path, help="the re-run-fitted policy (e.g. policies/toy-wan.json)")
+    parser.add_argument("--rerun-policy", type=Path,
+                        help="the re-run-fitted policy to compare with (e.g. policies/toy-wan.json); without it, "
+                             "--regret fits one by re-run on a copy of the same store with the same --fit-args")
+    parser.add_argument("--fit-args", default="",
+                        help="extra arguments for both fits, quoted (e.g. \"--residual-change\")")
+    parser.add_argument("--replay-args", default="",
+                        help="extra arguments for the replay fit alone, quoted (e.g. \"--replay-compounding segments\")")
     parser.add_argument("--trials", type=int, default=40, help="trials of the replay fit (with --regret)")
     parser.add_argument("--reuse", type=Path, help="a work folder of an earlier --regret run: keep its fit and benches")
     parser.add_argument("--bench-prompts", type=Path,
                         help="held-out prompts for the regret's benches, one per line (default: the bench's 4; "
                              "benchmarks/toy-heldout-prompts.txt holds all 10 of the zoo's)")
     args = parser.parse_args()
-    if args.regret and args.rerun_policy is None:
-        parser.error("--regret needs --rerun-policy")
     torch.set_num_threads(1)
     logging.basicConfig(level=logging.WARNING)
     work = Path(tempfile.mkdtemp(prefix="replay-vs-rerun-"))
     bench = CandidateBench.open(args.model, args.db, work)
     data, table, predictors = bench.data, bench.table, bench.predictors
     replays = {rule: _with_rule(bench.replay, rule) for rule in COMPOUNDING}
+    if bench.replay.corrections:  # the store's whole-mask re-runs calibrate the "segments" rule
+        replays["calibrated"] = bench.replay
+        for mode, c in sorted(bench.replay.corrections.items()):
+            print(f"calibrated compounding of {mode!r} on {c.masks} whole masks: run-length exponent "
+                  f"{c.length_exponent:.2f}, norm across runs {c.norm:.2f}")
     rerun = bench.rerun
     rng = np.random.default_rng(args.seed)
     rows = []
@@ -177,19 +202,19 @@ def main() -> None:
             row[rule] = replay.evaluate(predictors, point).error
         rows.append(row)
         print(f"{index:3d} {row['kind']:7s} {row['forecast']:6s} nfe {row['nfe']:.2f} rerun {row['rerun']:.4g} "
-              + " ".join(f"{r} {row[r]:.4g}" for r in COMPOUNDING), flush=True)
+              + " ".join(f"{r} {row[r]:.4g}" for r in replays), flush=True)
     if rows:
-        _report(args.model, rows)
+        _report(args.model, rows, tuple(replays))
     if args.regret:
         psnr = regret(args.model, args.db, args.rerun_policy, args.trials, args.seed, work, args.reuse,
-                      args.bench_prompts)
+                      args.bench_prompts, tuple(args.fit_args.split()), tuple(args.replay_args.split()))
         print(f"\n| {args.model} | " + " | ".join(
             f"NFE {f}: replay-fit {_f(psnr['replay'][f])} dB, re-run-fit {_f(psnr['rerun'][f])} dB, regret "
             f"{_f(None if psnr['replay'][f] is None or psnr['rerun'][f] is None else psnr['rerun'][f] - psnr['replay'][f])}"
             for f in FRACTIONS) + " |")
         _points_report(data, table, predictors, args.model,
-                       {"replay-fit": (args.reuse or work) / f"{args.model}-replay.json",
-                        "re-run-fit": args.rerun_policy})
+                       {"replay-fit": replay_policy_file(args.reuse or work, args.model, tuple(args.replay_args.split())),
+                        "re-run-fit": args.rerun_policy or (args.reuse or work) / f"{args.model}-rerun.json"})
     print(f"\n(work files in {work})")
 
 
@@ -231,13 +256,13 @@ def _points_report(data, table, predictors: dict, model: str, policies: dict[str
                   f"{rep.error / max(real.error, 1e-12):.2f} |", flush=True)
 
 
-def _report(model: str, rows: list[dict]) -> None:
+def _report(model: str, rows: list[dict], rules: tuple[str, ...] = COMPOUNDING) -> None:
     """Spearman ρ per compounding rule, the replay/re-run ratio by skip position, ρ per mode."""
     rerun_err = np.array([r["rerun"] for r in rows])
     print(f"\n## {model}: replay vs re-run over {len(rows)} candidates (calibration runs)\n")
     print("| compounding | Spearman ρ | median replay/re-run | ratio, skips early / mid / late (static points) |")
     print("|---|---|---|---|")
-    for rule in COMPOUNDING:
+    for rule in rules:
         rep = np.array([r[rule] for r in rows])
         rho = spearmanr(rep, rerun_err).statistic
         ratio = rep / np.maximum(rerun_err, 1e-12)
@@ -247,20 +272,21 @@ def _report(model: str, rows: list[dict]) -> None:
             sel = (pos >= lo) & (pos < hi)
             bins.append(f"{np.median(ratio[sel]):.2f}" if sel.any() else "—")
         print(f"| {rule} | {rho:.3f} | {np.median(ratio):.2f} | {' / '.join(bins)} |")
-    print("\n| forecast | mean skip run ≤ 1.5 | 1.5–2.5 | > 2.5 |  (median replay/re-run, segments; candidates)")
-    print("|---|---|---|---|")
-    for mode in sorted({r["forecast"] for r in rows}):
-        cells = []
-        for lo, hi in ((0.0, 1.5), (1.5, 2.5), (2.5, 99.0)):
-            ratios = [r["segments"] / max(r["rerun"], 1e-12) for r in rows
-                      if r["forecast"] == mode and lo < r["run_length"] <= hi]
-            cells.append(f"{np.median(ratios):.2f} ({len(ratios)})" if ratios else "—")
-        print(f"| {mode} | " + " | ".join(cells) + " |")
-    for mode in sorted({r["forecast"] for r in rows}):
-        sel = [r for r in rows if r["forecast"] == mode]
-        if len(sel) >= 3:
-            rho = spearmanr([r["segments"] for r in sel], [r["rerun"] for r in sel]).statistic
-            print(f"  forecast {mode}: ρ {rho:.3f} over {len(sel)} candidates (segments)")
+    for rule in [r for r in ("segments", "calibrated") if r in rules]:
+        print(f"\n| forecast | mean skip run ≤ 1.5 | 1.5–2.5 | > 2.5 |  (median replay/re-run, {rule}; candidates)")
+        print("|---|---|---|---|")
+        for mode in sorted({r["forecast"] for r in rows}):
+            cells = []
+            for lo, hi in ((0.0, 1.5), (1.5, 2.5), (2.5, 99.0)):
+                ratios = [r[rule] / max(r["rerun"], 1e-12) for r in rows
+                          if r["forecast"] == mode and lo < r["run_length"] <= hi]
+                cells.append(f"{np.median(ratios):.2f} ({len(ratios)})" if ratios else "—")
+            print(f"| {mode} | " + " | ".join(cells) + " |")
+        for mode in sorted({r["forecast"] for r in rows}):
+            sel = [r for r in rows if r["forecast"] == mode]
+            if len(sel) >= 3:
+                rho = spearmanr([r[rule] for r in sel], [r["rerun"] for r in sel]).statistic
+                print(f"  forecast {mode}: ρ {rho:.3f} over {len(sel)} candidates ({rule})")
 
 
 def _f(x: float | None) -> str:
@@ -268,11 +294,12 @@ def _f(x: float | None) -> str:
 
 
 def _with_rule(replay: ReplayObjective, rule: str) -> ReplayObjective:
-    """The same replay (same arrays) under another compounding rule."""
+    """The same replay (same arrays) under another compounding rule, uncalibrated."""
     import copy
 
     other = copy.copy(replay)
     other.compounding = rule
+    other.corrections = {}
     return other
 
 

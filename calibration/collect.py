@@ -157,7 +157,7 @@ def _one_sample(frame: Any, table: str) -> Any:
 
 def _collect_one(loaded: Any, prompt: str, seed: int, call: dict[str, Any], k_max: int, estimator: str,
                  keep_latents: bool, propagation_points: int,
-                 propagation_direction: str = "cache") -> dict[str, Any]:
+                 propagation_direction: str = "cache", mask_runs: int = 0) -> dict[str, Any]:
     """Run and record one (prompt, seed); return the frames `write_run` takes."""
     from calibration.estimators import reference_latents
     from calibration.propagation import measure_gains, propagation_steps
@@ -187,12 +187,23 @@ def _collect_one(loaded: Any, prompt: str, seed: int, call: dict[str, Any], k_ma
         import pandas as pd
 
         propagation = pd.DataFrame(rows) if rows else None
+    mask_errors = None
+    if mask_runs:
+        import pandas as pd
+
+        from calibration.mask_runs import draw_masks, measure_mask_errors
+
+        n = call["num_inference_steps"]
+        modes = ["none"] + sorted({str(m) for m in reuse_errors["mode"]} - {"none"}) if reuse_errors is not None else ["none"]
+        masks = draw_masks(n, mask_runs, modes, prompt, seed)
+        mask_errors = pd.DataFrame(measure_mask_errors(pipe, run, final, masks, n)) if masks else None
     return {
         "steps": _one_sample(sink.frame("steps"), "steps"),
         "sensitivities": _one_sample(sink.frame("sensitivities"), "sensitivities"),
         "cache_errors": cache_errors,
         "reuse_errors": reuse_errors,
         "propagation": propagation,
+        "mask_errors": mask_errors,
         "latents": latents,
     }
 
@@ -238,6 +249,7 @@ def collect(
     propagation: bool | int = False,
     progress: bool = True,
     propagation_direction: str = "cache",
+    mask_runs: int | None = None,
 ) -> CollectSummary:
     """Record full-compute runs of `model` over `prompts` × `seeds` into the store at `db`.
 
@@ -259,6 +271,9 @@ def collect(
             along the output's change from the step before; "random": a Gaussian δ, which the
             denoiser removes, and replay then underestimated re-runs 25×;
             `calibration.propagation`). Recorded with each run.
+        mask_runs: whole static schedules re-run per run, each one more pipeline call, whose
+            final errors calibrate how replay compounds a mask's skips (`calibration.mask_runs`);
+            None: `MASK_RUNS` with `propagation`, else 0.
     """
     from calibration.models import load_model
     from store import CalibrationStore, shard_path
@@ -279,6 +294,12 @@ def collect(
 
         check_reference_prompts(prompt_list)
     points = PROPAGATION_POINTS if propagation is True else int(propagation or 0)
+    if mask_runs is None:
+        from calibration.mask_runs import MASK_RUNS
+
+        mask_runs = MASK_RUNS if points else 0
+    if mask_runs < 0:
+        raise InputError(f"--mask-runs {mask_runs}: must be 0 or more")
     rank, world = _distributed()
     path = shard_path(db, rank) if world > 1 else Path(db)
 
@@ -287,6 +308,8 @@ def collect(
     fingerprint = _fingerprint(pipe.transformer)
     call = loaded.call_kwargs(num_inference_steps=steps)
     extra = {"k_max": k_max, "propagation_points": points}
+    if mask_runs:
+        extra["mask_runs"] = mask_runs
     if points:
         extra["propagation_direction"] = propagation_direction
     planned = plan_runs(prompt_list, seed_list, rank, world)
@@ -307,7 +330,7 @@ def collect(
         for row in bar:
             t0 = time.perf_counter()
             frames = _collect_one(loaded, row["prompt"], row["seed"], call, k_max, estimator, not no_latents, points,
-                                  propagation_direction)
+                                  propagation_direction, mask_runs)
             wall = time.perf_counter() - t0
             store.write_run({**row, "wall_s": wall}, **frames)
             written += 1

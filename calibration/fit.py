@@ -109,12 +109,45 @@ def _default_objective(data: FitData, model: str | None) -> str:
 class _Objectives:
     """Builds the calib and holdout objectives of one kind, loading the model at most once."""
 
-    def __init__(self, kind: str, data: FitData, table: SensitivityTable, model: str | None) -> None:
+    def __init__(self, kind: str, data: FitData, table: SensitivityTable, model: str | None,
+                 calibrate_compounding: bool = True) -> None:
         self.kind = kind
         self.data = data
         self.table = table
         self.model = model or data.model_name
+        self.calibrate_compounding = calibrate_compounding
         self._loaded = None
+        self._corrections: dict | None = None
+
+    def corrections(self) -> dict:
+        """Per reuse mode, replay's compounding calibrated on the calibration runs' whole-mask
+        re-runs (`calibration.replay.fit_corrections`); empty when the store has none or the
+        calibration is off. The holdout replay uses the same: it is a property of the model."""
+        if self._corrections is None:
+            self._corrections = {}
+            masks = self.data.mask_errors
+            ids = self.data.run_ids("calib")
+            if self.calibrate_compounding and len(masks) and ids:
+                from calibration.replay import fit_corrections
+
+                masks = masks[masks["run_id"].isin(ids)]
+                self._corrections = fit_corrections(self._replay(ids, {}), masks)
+                for mode, c in sorted(self._corrections.items()):
+                    logger.info("replay compounding of %r calibrated on %d whole masks: run-length exponent %.2f, "
+                                "norm across runs %.2f (uncalibrated: 0, 2)", mode, c.masks, c.length_exponent, c.norm)
+        return self._corrections
+
+    def _replay(self, ids: list, corrections: dict) -> ReplayObjective:
+        gains = self.data.gain_curve()
+        steps = self.data.steps[self.data.steps["run_id"].isin(ids)]
+        errors = self.data.cache_errors[self.data.cache_errors["run_id"].isin(ids)]
+        reuse = self.data.reuse_errors
+        reuse = reuse[reuse["run_id"].isin(ids)] if len(reuse) else None
+        prop = self.data.propagation
+        prop = prop[prop["run_id"].isin(ids) & np.isfinite(prop["gain"]) & (prop["gain"] > 0)] if len(prop) else None
+        pos, g = gains if gains is not None else (None, None)
+        return ReplayObjective(self.table, steps, errors, g, pos, reuse_errors=reuse, run_gains=prop,
+                               corrections=corrections)
 
     def _pipe(self) -> Any:
         if self._loaded is None:
@@ -137,15 +170,7 @@ class _Objectives:
         if not ids:
             return None
         if self.kind == "replay":
-            gains = self.data.gain_curve()
-            steps = self.data.steps[self.data.steps["run_id"].isin(ids)]
-            errors = self.data.cache_errors[self.data.cache_errors["run_id"].isin(ids)]
-            reuse = self.data.reuse_errors
-            reuse = reuse[reuse["run_id"].isin(ids)] if len(reuse) else None
-            prop = self.data.propagation
-            prop = prop[prop["run_id"].isin(ids) & np.isfinite(prop["gain"]) & (prop["gain"] > 0)] if len(prop) else None
-            pos, g = gains if gains is not None else (None, None)
-            return ReplayObjective(self.table, steps, errors, g, pos, reuse_errors=reuse, run_gains=prop)
+            return self._replay(ids, self.corrections())
         loaded = self._pipe()
         accepted = set(inspect.signature(loaded.pipe.__call__).parameters)
         base = {k: v for k, v in loaded.call_args.items() if k != "num_inference_steps"}
@@ -426,6 +451,7 @@ def fit(
     search: str = "smooth",
     static_evals: int = 40,
     residual_change: bool = False,
+    replay_compounding: str = "calibrated",
 ) -> dict[str, Any]:
     """Fit a policy's predictor and operating points from the store at `db`; returns the result.
 
@@ -450,6 +476,9 @@ def fit(
             candidate static twin. 0 turns it off.
         residual_change: offer each reuse mode's predictor the residual-change term e
             (`calibration.modefit`); it is kept where it lifts the held-out ρ. Off: measured only.
+        replay_compounding: ``"calibrated"`` (default): replay's compounding of a mask's skips is
+            calibrated per reuse mode on the store's whole-mask re-runs (`collect --mask-runs`),
+            where it has them; ``"segments"``: the uncalibrated rule (`calibration.replay`).
     """
     if isinstance(trials, bool) or not isinstance(trials, int) or trials < 1:
         raise InputError(f"--trials must be a positive integer, got {trials!r}; e.g. `sencache-calibrate fit --db {db} --trials 60`")
@@ -459,6 +488,8 @@ def fit(
         raise InputError(f"--static-evals must be a non-negative integer, got {static_evals!r}")
     if search not in ("smooth", "knots"):
         raise InputError(f"--search must be smooth or knots, got {search!r}")
+    if replay_compounding not in ("calibrated", "segments"):
+        raise InputError(f"--replay-compounding must be calibrated or segments, got {replay_compounding!r}")
     for flag, value in (("--objective", objective), ("--validate", validate)):
         if value not in (None, "rerun", "replay"):
             raise InputError(f"{flag} must be rerun or replay, got {value!r}")
@@ -489,7 +520,8 @@ def fit(
     measured_modes = set(data.reuse_errors["mode"].astype(str)) if len(data.reuse_errors) else set()
     forecasts = ("none", "linear", "taylor") if kind == "rerun" else \
         tuple(m for m in ("none", "linear", "taylor") if m == "none" or m in measured_modes)
-    objectives = _Objectives(kind, data, table, model)
+    calibrate = replay_compounding == "calibrated"
+    objectives = _Objectives(kind, data, table, model, calibrate)
     costs = _skip_costs(objectives if "rerun" in (kind, validate_kind) else None, forecasts, data.skip_costs)
     space = SearchSpace.from_scores(scores.to_numpy(np.float64), knots, data.num_steps, forecasts=forecasts,
                                     skip_costs=costs)
@@ -501,8 +533,10 @@ def fit(
     # The store's digest in the name: the same store resumes its study, a changed one starts afresh.
     # "fit2": per-mode predictors score the trials, so a study of the earlier fit does not resume;
     # "fit3rc": with the residual-change term
-    study_name = (f"sencache-{'fit3rc' if residual_change else 'fit2'}-{search}-{kind}-k{knots}-f{len(forecasts)}-s{seed}-"
-                  f"{(data.digest or 'nodigest')[:12]}")
+    # "-seg": a replay fit with the uncalibrated compounding (the calibrated one scores trials otherwise)
+    uncalibrated = "-seg" if kind == "replay" and not calibrate else ""
+    study_name = (f"sencache-{'fit3rc' if residual_change else 'fit2'}-{search}-{kind}{uncalibrated}-k{knots}-"
+                  f"f{len(forecasts)}-s{seed}-{(data.digest or 'nodigest')[:12]}")
     study = open_study(_storage(storage, data.path), seed, study_name)
     paper_ratio = _paper_ratio(pairs, predictor)
     point_of = nfe_of = usual_mask = None
@@ -511,7 +545,7 @@ def fit(
 
         # the level bisection runs on the replay of the stored calibration trajectories: no model run
         replay_calib = (calib_obj if kind == "replay" else
-                        _costed(_Objectives("replay", data, table, model).for_split("calib"), costs))
+                        _costed(_Objectives("replay", data, table, model, False).for_split("calib"), costs))
         def nfe_of(point: OperatingPoint) -> float:
             return replay_calib.evaluate(predictors, point).nfe_fraction
 
@@ -533,7 +567,7 @@ def fit(
     front = pareto_front(study)
     chosen = _choose_points(front, space, targets, calib_obj, predictors, refine_evals, point_of, static_evals,
                             nfe_of)
-    checker = objectives if validate_kind == kind else _Objectives(validate_kind, data, table, model)
+    checker = objectives if validate_kind == kind else _Objectives(validate_kind, data, table, model, calibrate)
     holdout_obj = _costed(checker.for_split("holdout"), costs)
     validation = "holdout" if holdout_obj is not None else "calib (no holdout runs in the store)"
     check_obj = holdout_obj or _costed(checker.for_split("calib"), costs)
@@ -647,6 +681,10 @@ def fit(
         "default_operating_point": "balanced" if "balanced" in targets else next(iter(targets)),
         "validation": validation,
         "replay_trust": trust.to_dict(),
+        # replay's compounding per reuse mode, calibrated on the store's whole-mask re-runs
+        "replay_compounding": None if "replay" not in (kind, validate_kind) else {
+            "rule": replay_compounding,
+            "modes": {m: c._asdict() for m, c in sorted((objectives if kind == "replay" else checker).corrections().items())}},
         "references": references,
     }
     path = fit_result_path(data.path)

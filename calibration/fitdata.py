@@ -26,7 +26,7 @@ logger = logging.getLogger(__name__)
 
 
 #: Keys of `runs.extra` that describe the collect itself, not the pipeline call.
-_COLLECT_BOOKKEEPING = {"k_max", "propagation_points", "propagation_direction", "transformer_class"}
+_COLLECT_BOOKKEEPING = {"k_max", "propagation_points", "propagation_direction", "mask_runs", "transformer_class"}
 
 
 def _collect_cmd(db: Path, model: str | None = None) -> str:
@@ -49,6 +49,8 @@ class FitData:
     reuse_errors: pd.DataFrame = field(default_factory=pd.DataFrame)
     #: what a skipped step of each mode still computes, measured by `collect` (None: not measured)
     skip_costs: dict[str, float] | None = None
+    #: per (run, reuse mode, mask) the final error of a whole static schedule really run (schema 4)
+    mask_errors: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     # --- what the runs share -------------------------------------------------------------------
     @property
@@ -208,6 +210,7 @@ def load_fit_data(db: str | Path, model: str | None = None) -> FitData:
         errors = _frame(store, "cache_errors")
         prop = _frame(store, "propagation")
         reuse = _frame(store, "reuse_errors") if hasattr(store, "reuse_errors") else pd.DataFrame()
+        masks = _frame(store, "mask_errors") if hasattr(store, "mask_errors") else pd.DataFrame()
         costs = _json(dict(getattr(store, "meta", {}) or {}).get("skip_costs"))
     finally:
         close = getattr(store, "close", None)
@@ -229,6 +232,7 @@ def load_fit_data(db: str | Path, model: str | None = None) -> FitData:
     steps, sens, errors = (df[df["run_id"].isin(ids)] for df in (steps, sens, errors))
     reuse = reuse[reuse["run_id"].isin(ids)] if len(reuse) else reuse
     prop = prop[prop["run_id"].isin(ids)] if len(prop) else prop
+    masks = masks[masks["run_id"].isin(ids)] if len(masks) else masks
     sens = sens.dropna(subset=["J_x", "J_t"], how="all") if len(sens) else sens
     if sens.empty:
         raise InputError(
@@ -253,4 +257,4 @@ def load_fit_data(db: str | Path, model: str | None = None) -> FitData:
             f"Collect some with {_collect_cmd(path, model)} (split calib)"
         )
     return FitData(path, runs.reset_index(drop=True), steps, sens, errors, prop, estimator, digest, reuse,
-                   costs if isinstance(costs, dict) else None)
+                   costs if isinstance(costs, dict) else None, masks)

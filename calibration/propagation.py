@@ -40,7 +40,7 @@ from sencache.adapters import adapter_for
 from sencache.norms import rms, rms_diff
 
 __all__ = ["DELTA_DIRECTIONS", "DIRECTIONS", "PERTURB_HOOK", "lag_one_errors", "measure_gains", "propagation_gains",
-           "propagation_steps", "skip_gains"]
+           "propagation_steps", "single_point_policy", "skip_gains"]
 
 PERTURB_HOOK = "sencache_perturb"
 #: what perturbs step p: the cache's own error (step p really skipped, `skip_gains`; the default),
@@ -180,10 +180,8 @@ def skip_gains(
     a plain skip to 1.00–1.05.
     """
     import sencache
-    from policies import EpsSchedule, OperatingPoint, Policy, config_fingerprint, constant_policy
+    from policies import EpsSchedule, OperatingPoint
 
-    fingerprint = config_fingerprint(dict(pipe.transformer.config))
-    base = constant_policy(0.0, fingerprint=fingerprint).to_dict()
     rows = []
     for mode, errors in local_errors.items():
         for p in steps:
@@ -194,9 +192,7 @@ def skip_gains(
             values = tuple(1e30 if i == p else 0.0 for i in range(num_steps))
             point = OperatingPoint("skip-one", EpsSchedule(tuple(i / (num_steps - 1) for i in range(num_steps)), values),
                                    max_skips=num_steps, forecast=mode)
-            policy = Policy.from_dict({**base, "operating_points": [point.to_dict()],
-                                       "default_operating_point": point.name})
-            handle = sencache.apply(pipe, policy)
+            handle = sencache.apply(pipe, single_point_policy(pipe, point))
             try:
                 final = run()
                 computed = handle.report().computed
@@ -208,6 +204,15 @@ def skip_gains(
             rows.append({"step": p, "mode": mode, "gain": final_error / local, "local_error": local,
                          "final_error": final_error})
     return rows
+
+
+def single_point_policy(pipe: Any, point: Any) -> Any:
+    """A policy for `pipe`'s transformer holding `point` alone (its predictor and table are the
+    constant ones: the points run here decide by thresholds at 0 and 1e30, or by a schedule)."""
+    from policies import Policy, config_fingerprint, constant_policy
+
+    base = constant_policy(0.0, fingerprint=config_fingerprint(dict(pipe.transformer.config))).to_dict()
+    return Policy.from_dict({**base, "operating_points": [point.to_dict()], "default_operating_point": point.name})
 
 
 def lag_one_errors(cache_errors: Any, reuse_errors: Any = None) -> dict[str, dict[int, float]]:

@@ -28,11 +28,22 @@ runtime cannot disagree about *what* is skipped. What a skip costs in final erro
   of skips; runs of skips from different references are independent and add in quadrature.
   ``"linear"`` sums every skip (the earlier rule) and ``"quadrature"`` adds every skip in
   quadrature; `benchmarks/replay_vs_rerun.py` measures all three against re-runs.
+* **the compounding, calibrated** (`SegmentCorrection`, `fit_corrections`): "segments" put a
+  forecast's masks with long runs of skips at 0.6–0.8 of their re-runs and masks of single skips at
+  1.0–1.7× (toy-cogvideox), so replay fits preferred long runs. Where the store holds whole masks
+  really run (`mask_errors`, `collect --mask-runs`, drawn as the search draws static candidates),
+  each mode's rule becomes ``(Σ_runs (L^β·run sum)^q)^(1/q)``, L the run's skips, with β and q
+  fitted by least squares on log(re-run ÷ replay) over those masks. A mask of one skip keeps its
+  exact replay (L = 1, one run), whatever β and q: the gain already makes it exact, and the
+  masks calibrate only how skips combine. β > 0 weighs long runs of skips up (a stale reference
+  drifts further than the sum of its single skips says); q > 2 lets many separate runs add less
+  than in quadrature (the denoiser damps each before the next).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -42,7 +53,7 @@ from calibration.objectives import Evaluation, rule_params_for
 from policies import OperatingPoint, Predictor, SensitivityTable
 from sencache.rule import RuleParams, decide
 
-__all__ = ["COMPOUNDING", "ReplayObjective", "compound", "tail_exponent"]
+__all__ = ["COMPOUNDING", "ReplayObjective", "SegmentCorrection", "compound", "fit_corrections", "tail_exponent"]
 
 COMPOUNDING = ("segments", "linear", "quadrature")
 #: the range a measured tail exponent is kept in (linear growth at least; no runaway from noise)
@@ -82,19 +93,44 @@ class _ReplayGroup:
     residual_change: np.ndarray | None = None
 
 
-def compound(contributions: np.ndarray, segment: np.ndarray, rule: str) -> np.ndarray:
+class SegmentCorrection(NamedTuple):
+    """One reuse mode's calibrated "segments" rule: final error = (Σ (L^length_exponent·run sum)^norm)
+    ^(1/norm) over the runs of skips, L a run's skipped steps; fitted on `masks` whole-mask re-runs.
+    The identity (exponent 0, norm 2) is the uncalibrated rule."""
+
+    length_exponent: float = 0.0
+    norm: float = 2.0
+    masks: int = 0
+
+
+#: the grids `fit_corrections` searches (least squares over a grid: robust, no optimiser)
+LENGTH_EXPONENTS = np.round(np.linspace(-1.0, 2.0, 31), 3)
+NORMS = np.round(np.linspace(1.0, 6.0, 21), 3)
+#: whole masks a mode needs before its compounding is calibrated
+MIN_MASKS = 4
+
+
+def compound(contributions: np.ndarray, segment: np.ndarray, rule: str, skipped: np.ndarray | None = None,
+             correction: SegmentCorrection | None = None) -> np.ndarray:
     """Final error per run from per-step contributions G·e [B, N] (0 where the step computed) and
-    each step's segment id [B, N] (the reference it reused), by `rule` (`COMPOUNDING`)."""
+    each step's segment id [B, N] (the reference it reused), by `rule` (`COMPOUNDING`); under
+    "segments" a `correction` weighs each run of skips by its length (the skipped steps [B, N])."""
     if rule == "linear":
         return contributions.sum(axis=1)
     if rule == "quadrature":
         return np.sqrt((contributions**2).sum(axis=1))
     if rule != "segments":
         raise ValueError(f"compounding must be one of {COMPOUNDING}, got {rule!r}")
+    corrected = correction is not None and skipped is not None
     out = np.zeros(contributions.shape[0])
     for b in range(contributions.shape[0]):
         sums = np.bincount(segment[b], weights=contributions[b], minlength=contributions.shape[1])
-        out[b] = float(np.sqrt((sums**2).sum()))
+        if corrected:
+            lengths = np.bincount(segment[b], weights=skipped[b].astype(np.float64), minlength=contributions.shape[1])
+            weighted = sums[lengths > 0] * lengths[lengths > 0] ** correction.length_exponent
+            out[b] = _norm(weighted, correction.norm)
+        else:
+            out[b] = float(np.sqrt((sums**2).sum()))
     return out
 
 
@@ -138,17 +174,20 @@ class ReplayObjective:
         reuse_errors: pd.DataFrame | None = None,
         run_gains: pd.DataFrame | None = None,
         compounding: str = "segments",
+        corrections: dict[str, SegmentCorrection] | None = None,
     ) -> None:
         """`steps`: ``run_id, step, timestep``; `cache_errors`: ``run_id, step, lag, dx, dt,
         residual_error``; `reuse_errors`: ``run_id, step, lag, mode, error``; `gains` at
         `gain_positions` (normalised p), plain reuse's median curve; `run_gains`: ``run_id, step,
-        gain`` and optionally ``mode`` (a gain per reuse mode, store schema 3; absent: "none")."""
+        gain`` and optionally ``mode`` (a gain per reuse mode, store schema 3; absent: "none");
+        `corrections`: per mode, the calibrated compounding (`fit_corrections`; absent: uncalibrated)."""
         if compounding not in COMPOUNDING:
             raise ValueError(f"compounding must be one of {COMPOUNDING}, got {compounding!r}")
         if cache_errors.empty:
             raise ValueError("replay needs stored cache errors")
         self.table = table
         self.compounding = compounding
+        self.corrections: dict[str, SegmentCorrection] = dict(corrections or {})
         self.max_lag = int(cache_errors["lag"].max())
         self.modes = ("none",) if reuse_errors is None or reuse_errors.empty else \
             tuple(sorted(set(reuse_errors["mode"].astype(str)) | {"none"}))
@@ -217,12 +256,96 @@ class ReplayObjective:
         params, mode = rule_params_for(predictor, self.table, point), self._mode(point)
         errors: list[float] = []
         nfes: list[float] = []
+        correction = self.corrections.get(mode)
         for g in self.groups:
+            decided: list = []
             contributions, segment, computed = _replay_group(params, g, g.err[mode], g.gain[mode],
-                                                             self.tail_exponents[mode])
-            errors.extend(compound(contributions, segment, self.compounding).tolist())
+                                                             self.tail_exponents[mode], steps_out=decided)
+            skipped = ~np.stack(decided, axis=1)
+            errors.extend(compound(contributions, segment, self.compounding, skipped, correction).tolist())
             nfes.extend(computed.tolist())
         return Evaluation(float(np.mean(errors)), float(np.mean(nfes)), errors, nfes)
+
+    def mask_segments(self, run_id: str, mode: str, computed: frozenset[int]) -> tuple[np.ndarray, np.ndarray] | None:
+        """The runs of skips a static mask makes on one stored run under `mode`: per run of skips
+        its uncorrected contribution sum and its length; None when the run is not replayed here."""
+        for g in self.groups:
+            if run_id not in g.run_ids:
+                continue
+            b, n = g.run_ids.index(run_id), g.num_steps
+            mode = mode if mode in self.modes else "none"
+            mask = np.zeros(n, dtype=bool)
+            mask[[i for i in computed if 0 <= i < n]] = True
+            ref, lag = _references(mask)
+            local = _local_errors(g.err[mode][b], g.dx.shape[2] - 1, ref, lag, self.tail_exponents[mode])
+            contributions = np.where(mask, 0.0, np.nan_to_num(local, nan=0.0) * g.gain[mode][b])
+            sums = np.bincount(ref[~mask], weights=contributions[~mask], minlength=n)
+            lengths = np.bincount(ref[~mask], minlength=n)
+            keep = lengths > 0
+            return sums[keep], lengths[keep].astype(np.float64)
+        return None
+
+
+def _references(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per step of a mask (True: computed) the reference it reuses (the last computed step before
+    it; its own index where it computes) and the lag from it (0 where it computes)."""
+    idx = np.arange(len(mask))
+    ref = np.maximum.accumulate(np.where(mask, idx, 0))
+    previous = np.concatenate([[0], ref[:-1]])
+    ref = np.where(mask, idx, previous)
+    return ref, np.where(mask, 0, idx - ref)
+
+
+def _local_errors(err: np.ndarray, top: int, ref: np.ndarray, lag: np.ndarray, tail: float) -> np.ndarray:
+    """The measured error e(ref, lag) from `err` [..., N, K+1] indexed along the last two axes, or
+    past the largest lag `top` e(ref, top)·(lag/top)^tail (`tail_exponent`); NaN where unmeasured."""
+    in_range = (lag >= 1) & (lag <= top)
+    safe = np.where(in_range, lag, 0)
+    beyond = err[ref, np.full(len(ref), top)] * (lag / max(top, 1)) ** tail
+    return np.where(in_range, err[ref, safe], beyond)
+
+
+def fit_corrections(replay: ReplayObjective, mask_errors: pd.DataFrame) -> dict[str, SegmentCorrection]:
+    """Per reuse mode, the `SegmentCorrection` that makes replay's "segments" rule meet the stored
+    whole-mask re-runs (`mask_errors`: ``run_id, mode, mask, error``) in least squares on
+    log(re-run ÷ replay), over the grid `LENGTH_EXPONENTS` × `NORMS`. A mode with fewer than
+    `MIN_MASKS` usable masks keeps the uncalibrated rule."""
+    from calibration.mask_runs import parse_mask
+
+    out: dict[str, SegmentCorrection] = {}
+    if mask_errors is None or mask_errors.empty:
+        return out
+    for mode, rows in mask_errors.groupby("mode"):
+        observed = []
+        for run_id, key, error in zip(rows["run_id"], rows["mask"], rows["error"]):
+            parts = replay.mask_segments(str(run_id), str(mode), parse_mask(str(key)))
+            if parts is None or not (error > 0) or parts[0].sum() <= 0:
+                continue
+            observed.append((parts[0], parts[1], float(error)))
+        if len(observed) < MIN_MASKS:
+            continue
+        log_real = np.log([o[2] for o in observed])
+        best = None
+        for beta in LENGTH_EXPONENTS:
+            weighted = [sums * lengths**beta for sums, lengths, _ in observed]
+            for q in NORMS:
+                predicted = np.array([_norm(w, q) for w in weighted])
+                loss = float(((log_real - np.log(np.maximum(predicted, 1e-30))) ** 2).sum())
+                # ties (e.g. masks of one run of skips each, where q cannot matter) keep the plainer rule
+                key = (round(loss, 12), abs(float(beta)), abs(float(q) - 2.0))
+                if best is None or key < best[0]:
+                    best = (key, float(beta), float(q))
+        out[str(mode)] = SegmentCorrection(best[1], best[2], len(observed))
+    return out
+
+
+def _norm(values: np.ndarray, q: float) -> float:
+    """(Σ |v|^q)^(1/q), scaled by the largest |v| so a large q neither overflows nor underflows."""
+    values = np.abs(np.asarray(values, dtype=np.float64))
+    top = float(values.max()) if values.size else 0.0
+    if top <= 0:
+        return 0.0
+    return top * float(((values / top) ** q).sum() ** (1.0 / q))
 
 
 def _mode_mask(masks: list[frozenset[int]]) -> frozenset[int] | None:

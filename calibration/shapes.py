@@ -39,7 +39,7 @@ from calibration.search import SearchSpace, _zone, optimize_study
 from policies import EpsSchedule, OperatingPoint, StaticSchedule
 
 __all__ = ["KINDS", "NFE_RANGE", "SHAPE_RANGES", "bisect", "bisect_level", "mask_shaped_point", "run_shape_search",
-           "shape_point", "shape_warm_starts", "static_from_shape", "trial_point"]
+           "shape_point", "shape_schedule", "shape_warm_starts", "static_from_shape", "trial_point"]
 
 logger = logging.getLogger(__name__)
 
@@ -77,13 +77,19 @@ def static_from_shape(params: dict[str, Any], space: SearchSpace, target: float,
     forecast = str(params.get("forecast", space.forecasts[0]))
     m = space.skip_costs.static_steps(forecast, target, n) if space.skip_costs.of(forecast) else \
         int(min(n, max(2, round(float(target) * n))))
+    return OperatingPoint(name=name, schedule=shape_schedule(params, m, n), forecast=forecast)
+
+
+def shape_schedule(params: dict[str, Any], computed: int, num_steps: int) -> StaticSchedule:
+    """`computed` of `num_steps` steps at the quantiles of the density ∝ exp(−shape(p)) of `params`
+    (``tilt``, ``bump``, ``bump_at``): the search's static candidates, and `collect`'s calibration
+    masks (`calibration.mask_runs`), which must look like them."""
     grid = np.linspace(0.0, 1.0, 1001)
     density = np.exp(-np.clip(_shape(params, grid), -50.0, 50.0))
     cdf = np.concatenate([[0.0], np.cumsum(0.5 * (density[1:] + density[:-1]) * np.diff(grid))])
     cdf /= cdf[-1]
-    positions = np.interp(np.linspace(0.0, 1.0, m), cdf, grid)
-    schedule = StaticSchedule(tuple(float(p) for p in positions), m / n)
-    return OperatingPoint(name=name, schedule=schedule, forecast=forecast)
+    positions = np.interp(np.linspace(0.0, 1.0, computed), cdf, grid)
+    return StaticSchedule(tuple(float(p) for p in positions), computed / num_steps)
 
 
 def bisect_level(params: dict[str, Any], space: SearchSpace, nfe_of: Callable[[OperatingPoint], float],

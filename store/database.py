@@ -220,6 +220,7 @@ class CalibrationStore:
         propagation: pd.DataFrame | None = None,
         latents: Mapping[int, Any] | Sequence[Any] | None = None,
         reuse_errors: pd.DataFrame | None = None,
+        mask_errors: pd.DataFrame | None = None,
     ) -> bool:
         """Store one run and all its rows in one transaction; False when the run was already stored.
 
@@ -227,7 +228,7 @@ class CalibrationStore:
         `run_row` needs model_fingerprint, prompt, seed, num_steps and estimator; `run_id` is
         derived from the run's settings (`store.rows.make_run_id`) unless given.
         """
-        record = RunRecord(run_row, steps, sensitivities, cache_errors, propagation, latents, reuse_errors)
+        record = RunRecord(run_row, steps, sensitivities, cache_errors, propagation, latents, reuse_errors, mask_errors)
         return self.write_runs([record])[0]
 
     def write_runs(self, records: Iterable[RunRecord]) -> list[bool]:
@@ -295,6 +296,10 @@ class CalibrationStore:
 
     def propagation(self, run_ids: Iterable[str] | None = None) -> pd.DataFrame:
         return queries.read_table(self._engine, "propagation", run_ids)
+
+    def mask_errors(self, run_ids: Iterable[str] | None = None) -> pd.DataFrame:
+        """Per run, the final error of whole static schedules really run (schema version 4)."""
+        return queries.read_table(self._engine, "mask_errors", run_ids)
 
     def latents(self, run_id: str) -> dict[int, np.ndarray]:
         """Step → float16 array for one run (empty when latents were not stored)."""

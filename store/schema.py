@@ -45,7 +45,9 @@ __all__ = [
 #: `steps.residual_change`; a version-1 store has neither and is refused (re-collect it).
 #: 3: `propagation.mode`, a gain per reuse mode (a skip of each mode really made; a "taylor" skip's
 #: error spreads differently from plain reuse's); an older store is refused (re-collect it).
-SCHEMA_VERSION = 3
+#: 4: `mask_errors`, the final error of whole static schedules really run (how a mask's skips
+#: compound, which replay calibrates on); an older store is refused (re-collect it).
+SCHEMA_VERSION = 4
 #: the reuse modes `collect` measures, one `reuse_errors.mode` value each (`calibration.recorder`
 #: has one measurement function per mode; adding a mode adds rows, not columns)
 SPLITS = ("calib", "holdout")
@@ -161,6 +163,15 @@ propagation = sa.Table(
     _real("final_error", "resulting final-output error (optional)"),
 )
 
+mask_errors = sa.Table(
+    "mask_errors",
+    METADATA,
+    _run_fk(),
+    sa.Column("mode", sa.Text, nullable=False, comment="the reuse mode the schedule's skipped steps used"),
+    sa.Column("mask", sa.Text, nullable=False, comment="the computed steps, ascending, comma-separated"),
+    _real("error", "RMS of the final latents against the run's full compute"),
+)
+
 latents = sa.Table(
     "latents",
     METADATA,
@@ -172,9 +183,10 @@ latents = sa.Table(
 )
 
 TABLES: dict[str, sa.Table] = {t.name: t for t in (meta, runs, steps, sensitivities, cache_errors, reuse_errors,
-                                                     propagation, latents)}
+                                                     propagation, mask_errors, latents)}
 # The tables written per run, in write order; `runs` first so a run and its rows share a transaction.
-RUN_TABLES = ("runs", "steps", "sensitivities", "cache_errors", "reuse_errors", "propagation", "latents")
+RUN_TABLES = ("runs", "steps", "sensitivities", "cache_errors", "reuse_errors", "propagation", "mask_errors",
+              "latents")
 
 KEY_COLUMNS: dict[str, tuple[str, ...]] = {
     "meta": ("key",),
@@ -184,6 +196,7 @@ KEY_COLUMNS: dict[str, tuple[str, ...]] = {
     "cache_errors": ("run_id", "step", "lag"),
     "reuse_errors": ("run_id", "step", "lag", "mode"),
     "propagation": ("run_id", "step", "mode"),
+    "mask_errors": ("run_id", "mode", "mask"),
     "latents": ("run_id", "step"),
 }
 

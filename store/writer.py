@@ -55,6 +55,7 @@ class RunRecord:
     propagation: Frame = None
     latents: Mapping[int, Any] | Sequence[Any] | None = None
     reuse_errors: Frame = None
+    mask_errors: Frame = None
 
 
 @dataclass
@@ -92,7 +93,7 @@ def prepare_records(records: Sequence[RunRecord]) -> _Batch:
     run_ids = [row["run_id"] for row in rows]
     tables = {"runs": pa.Table.from_pylist(rows, schema=arrow_schema(TABLES["runs"]))}
     owners = {"runs": np.arange(len(rows))}
-    for name in ("steps", "sensitivities", "cache_errors", "reuse_errors", "propagation"):
+    for name in ("steps", "sensitivities", "cache_errors", "reuse_errors", "propagation", "mask_errors"):
         parts = [(row["run_id"], getattr(r, name), _defaults(name, row)) for r, row in zip(records, rows)]
         tables[name], owners[name] = frames_to_arrow(name, parts)
     latents = {i: latents_to_arrow(r.latents, run_ids[i]) for i, r in enumerate(records) if r.latents is not None}

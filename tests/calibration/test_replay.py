@@ -260,3 +260,102 @@ def test_a_point_that_weighs_the_residual_change_replays_each_run_by_its_stored_
     by_run = dict(zip(replay.groups[0].run_ids, masks))
     assert by_run[first] == frozenset(range(12))  # its change scores above ε at every step
     assert all(len(m) < 12 for run, m in by_run.items() if run != first)
+
+
+# --- the compounding calibrated on whole-mask re-runs (issue 17) ----------------------------------
+
+
+def _static(computed, forecast: str = "none", n: int = 12) -> OperatingPoint:
+    from policies import StaticSchedule
+
+    return OperatingPoint("m", schedule=StaticSchedule(tuple(i / (n - 1) for i in sorted(computed))), forecast=forecast)
+
+
+MASKS = ([0, 2, 4, 6, 8, 10, 11], [0, 1, 4, 7, 11], [0, 3, 6, 9, 11], [0, 1, 2, 6, 11], [0, 5, 6, 7, 8, 11],
+         [0, 4, 8, 11], [0, 2, 3, 7, 9, 11])
+
+
+def _true_errors(replay, runs, mode, beta, q):
+    """Whole-mask errors made by a known compounding: (Σ (L^β·run sum)^q)^(1/q)."""
+    from calibration.mask_runs import mask_key
+
+    rows = []
+    for run in runs:
+        for mask in MASKS:
+            sums, lengths = replay.mask_segments(run, mode, frozenset(mask))
+            rows.append({"run_id": run, "mode": mode, "mask": mask_key(mask),
+                         "error": float(((sums * lengths**beta) ** q).sum() ** (1 / q))})
+    return pd.DataFrame(rows)
+
+
+@pytest.mark.parametrize("mode", ["none", "linear"])
+def test_calibrated_compounding_recovers_how_a_stores_whole_masks_compound(data, mode):
+    # Fails without the calibration (replay's "segments" rule is β = 0, q = 2 whatever the masks
+    # show), and when evaluate and the calibration disagree about a mask's runs of skips.
+    from calibration.replay import fit_corrections
+
+    replay = _replay(data, run_gains=data.propagation)
+    runs = replay.groups[0].run_ids
+    masks = _true_errors(replay, runs, mode, beta=1.0, q=3.0)
+    correction = fit_corrections(replay, masks)[mode]
+    assert correction.length_exponent == pytest.approx(1.0) and correction.norm == pytest.approx(3.0)
+    assert correction.masks == len(MASKS) * len(runs)
+    calibrated = _replay(data, run_gains=data.propagation, corrections={mode: correction})
+    for mask in MASKS[:3]:
+        got = calibrated.evaluate(PREDICTOR, _static(mask, mode))
+        want = masks[masks["mask"] == ",".join(map(str, mask))]
+        assert got.per_run_error == pytest.approx(list(want.set_index("run_id").loc[runs, "error"]), rel=1e-9)
+        assert replay.evaluate(PREDICTOR, _static(mask, mode)).error != pytest.approx(got.error, rel=1e-3)
+
+
+def test_a_single_skip_keeps_its_exact_replay_under_any_calibration(data):
+    # The propagation gain makes one skip exact; the masks calibrate only how skips combine.
+    from calibration.replay import SegmentCorrection
+
+    plain = _replay(data, run_gains=data.propagation)
+    bent = _replay(data, run_gains=data.propagation, corrections={"none": SegmentCorrection(1.7, 4.5, 30)})
+    one_skip = _static([i for i in range(12) if i != 5])
+    assert bent.evaluate(PREDICTOR, one_skip).per_run_error == pytest.approx(
+        plain.evaluate(PREDICTOR, one_skip).per_run_error, rel=1e-12)
+    assert bent.evaluate(PREDICTOR, _static(MASKS[1])).error != pytest.approx(
+        plain.evaluate(PREDICTOR, _static(MASKS[1])).error, rel=1e-3)
+
+
+def test_runs_whose_measured_errors_are_zero_replay_to_zero_error_when_calibrated(data):
+    from calibration.replay import SegmentCorrection
+
+    zero_cache = data.cache_errors.assign(residual_error=0.0)
+    zero_reuse = data.reuse_errors.assign(error=0.0)
+    replay = _replay(data, zero_cache, zero_reuse, corrections={m: SegmentCorrection(1.5, 3.0, 10)
+                                                               for m in ("none", "linear")})
+    for forecast in ("none", "linear"):
+        assert replay.evaluate(PREDICTOR, _even(forecast)).error == 0.0
+
+
+def test_compounding_with_a_correction_weighs_runs_by_length_and_takes_its_norm():
+    from calibration.replay import SegmentCorrection
+
+    contributions = np.array([[0.0, 1.0, 1.0, 0.0, 2.0]])
+    segment = np.array([[0, 0, 0, 3, 3]])  # a run of two skips (sum 2) and one of one (sum 2)
+    skipped = np.array([[False, True, True, False, True]])
+    got = compound(contributions, segment, "segments", skipped, SegmentCorrection(1.0, 3.0))
+    assert got[0] == pytest.approx((4.0**3 + 2.0**3) ** (1 / 3))  # (2·2¹)³ + (2·1¹)³
+    identity = compound(contributions, segment, "segments", skipped, SegmentCorrection())
+    assert identity[0] == pytest.approx(compound(contributions, segment, "segments")[0])
+
+
+def test_a_store_without_whole_mask_reruns_warns_with_the_command_that_adds_them(data, tmp_path):
+    # Fails when trust ignores the compounding (a store of propagation rows alone looked covered).
+    trust = replay_trust(data)
+    assert trust.mask_runs == 0 and trust.thin
+    assert any("no whole-mask re-runs" in p for p in trust.problems)
+    assert "--mask-runs 12" in trust.remedy and "collect" in trust.remedy
+    masked = replace_masks(data, pd.DataFrame({"run_id": [data.runs["run_id"].iloc[0]], "mode": ["none"],
+                                               "mask": ["0,11"], "error": [0.1]}))
+    assert not any("whole-mask" in p for p in replay_trust(masked).problems)
+
+
+def replace_masks(data, masks: pd.DataFrame):
+    from dataclasses import replace
+
+    return replace(data, mask_errors=masks)
