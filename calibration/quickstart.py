@@ -106,8 +106,9 @@ def quickstart(
         return value
 
     prompt_list = default_prompts(model, count=prompts)
+    # no whole-mask re-runs: they calibrate replay, and the quickstart fits by re-run
     stage("collect", collect, model=model, prompts=prompt_list, seeds=seeds, steps=steps, db=store,
-          propagation=True, progress=progress)
+          propagation=True, mask_runs=0, progress=progress)
     # half the fit's default refinement budget: the quickstart trades some of the fit for minutes
     stage("fit", fit, store, trials=trials, seed=0, model=model, show_progress=progress, static_evals=20)
     policy_path = out / f"{Path(model).name}.json"
