@@ -25,9 +25,11 @@ command (`OMP_NUM_THREADS=1 python benchmarks/compounding_models.py --model M --
   by run length as uneven as before (toy-cogvideox "linear" 0.57 / 0.65 / 0.73, toy-wan
   "taylor" 0.99 / 0.73 / 0.64).
 
-So no correction of this family is shipped: what a periodic mask measures does not transfer
-between toys. Calibration masks drawn as the search draws its static candidates are the lead
-left to follow (they would cost `collect` about 24 re-runs of each propagation run).
+So no correction calibrated on periodic masks is shipped: what a periodic mask measures does not
+transfer between toys. What shipped instead follows the lead this left: `collect --mask-runs`
+re-runs masks drawn as the search draws its static candidates, and replay calibrates a run-length
+exponent and a norm across runs per mode on them, with no free scale, so single skips stay exact
+(`calibration.replay.fit_corrections`; `benchmarks/replay_vs_rerun.py` reports it as "calibrated").
 """
 
 from __future__ import annotations
