@@ -81,8 +81,7 @@ def measure_mask_errors(pipe: Any, run: Callable[[], torch.Tensor], baseline_fin
                         masks: Sequence[CalibrationMask], num_steps: int) -> list[dict[str, Any]]:
     """Rows (mode, mask, error) of the `mask_errors` table: each mask run under the runtime as a
     static operating point of its mode, its final latents against `baseline_final` (RMS)."""
-    import sencache
-    from calibration.propagation import single_point_policy
+    from calibration.propagation import run_point
     from policies import OperatingPoint, StaticSchedule
     from sencache.norms import rms_diff
 
@@ -90,12 +89,7 @@ def measure_mask_errors(pipe: Any, run: Callable[[], torch.Tensor], baseline_fin
     for mask in masks:
         positions = tuple(i / (num_steps - 1) for i in mask.computed)
         point = OperatingPoint("calibration-mask", schedule=StaticSchedule(positions), forecast=mask.mode)
-        handle = sencache.apply(pipe, single_point_policy(pipe, point))
-        try:
-            final = run()
-            computed = handle.report().computed
-        finally:
-            sencache.remove(pipe)
+        final, computed = run_point(pipe, run, point)
         got = {int(i) for i in np.flatnonzero(np.asarray(computed[0]))}
         if got != set(mask.computed):
             raise AssertionError(f"the mask run meant to compute {mask.key} computed {mask_key(got)}")

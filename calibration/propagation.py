@@ -40,7 +40,7 @@ from sencache.adapters import adapter_for
 from sencache.norms import rms, rms_diff
 
 __all__ = ["DELTA_DIRECTIONS", "DIRECTIONS", "PERTURB_HOOK", "lag_one_errors", "measure_gains", "propagation_gains",
-           "propagation_steps", "single_point_policy", "skip_gains"]
+           "propagation_steps", "run_point", "skip_gains"]
 
 PERTURB_HOOK = "sencache_perturb"
 #: what perturbs step p: the cache's own error (step p really skipped, `skip_gains`; the default),
@@ -179,7 +179,6 @@ def skip_gains(
     replayed with plain reuse's gain came to 0.43–0.76 of its re-run (`benchmarks/replay_masks.py`),
     a plain skip to 1.00–1.05.
     """
-    import sencache
     from policies import EpsSchedule, OperatingPoint
 
     rows = []
@@ -192,12 +191,7 @@ def skip_gains(
             values = tuple(1e30 if i == p else 0.0 for i in range(num_steps))
             point = OperatingPoint("skip-one", EpsSchedule(tuple(i / (num_steps - 1) for i in range(num_steps)), values),
                                    max_skips=num_steps, forecast=mode)
-            handle = sencache.apply(pipe, single_point_policy(pipe, point))
-            try:
-                final = run()
-                computed = handle.report().computed
-            finally:
-                sencache.remove(pipe)
+            final, computed = run_point(pipe, run, point)
             if bool(computed[:, p].any()) or not bool(computed[:, [i for i in range(num_steps) if i != p]].all()):
                 raise AssertionError(f"the run meant to skip step {p} alone computed {computed.tolist()}")
             final_error = float(rms_diff(final, baseline_final).mean())
@@ -206,13 +200,21 @@ def skip_gains(
     return rows
 
 
-def single_point_policy(pipe: Any, point: Any) -> Any:
-    """A policy for `pipe`'s transformer holding `point` alone (its predictor and table are the
-    constant ones: the points run here decide by thresholds at 0 and 1e30, or by a schedule)."""
+def run_point(pipe: Any, run: Callable[[], torch.Tensor], point: Any) -> tuple[torch.Tensor, Any]:
+    """`run()` under the runtime with `point` alone, then the runtime removed: the final latents and
+    the computed mask [samples, steps]. The policy's predictor and table are the constant ones:
+    the points run here decide by thresholds at 0 and 1e30, or by a schedule."""
+    import sencache
     from policies import Policy, config_fingerprint, constant_policy
 
     base = constant_policy(0.0, fingerprint=config_fingerprint(dict(pipe.transformer.config))).to_dict()
-    return Policy.from_dict({**base, "operating_points": [point.to_dict()], "default_operating_point": point.name})
+    policy = Policy.from_dict({**base, "operating_points": [point.to_dict()], "default_operating_point": point.name})
+    handle = sencache.apply(pipe, policy)
+    try:
+        final = run()
+        return final, handle.report().computed
+    finally:
+        sencache.remove(pipe)
 
 
 def lag_one_errors(cache_errors: Any, reuse_errors: Any = None) -> dict[str, dict[int, float]]:
