@@ -15,7 +15,7 @@ re-run fit's K = 1 and K = 2 "taylor" points and its static "linear" one 1.4–1
 its own K = 3 and K = 4 points 0.7–1.0×, so it prefers long runs of skips).
 
     OMP_NUM_THREADS=1 python benchmarks/replay_vs_rerun.py --model toy-wan --db runs/toy-wan.duckdb \
-        [--candidates 30] [--regret [--rerun-policy policies/toy-wan.json] [--fit-args "--residual-change"]
+        [--candidates 30] [--regret [--rerun-policy policies/toy-wan.json] [--fit-args="--residual-change"]
         [--bench-prompts FILE]]
 
 The store is copied before the replay fit; the one given is never written.
@@ -169,9 +169,10 @@ def main() -> None:
                         help="the re-run-fitted policy to compare with (e.g. policies/toy-wan.json); without it, "
                              "--regret fits one by re-run on a copy of the same store with the same --fit-args")
     parser.add_argument("--fit-args", default="",
-                        help="extra arguments for both fits, quoted (e.g. \"--residual-change\")")
+                        help="extra arguments for both fits, after an equals sign (e.g. --fit-args=--residual-change)")
     parser.add_argument("--replay-args", default="",
-                        help="extra arguments for the replay fit alone, quoted (e.g. \"--replay-compounding segments\")")
+                        help="extra arguments for the replay fit alone, after an equals sign and quoted "
+                             "(e.g. --replay-args=\"--replay-compounding segments\")")
     parser.add_argument("--trials", type=int, default=40, help="trials of the replay fit (with --regret)")
     parser.add_argument("--reuse", type=Path, help="a work folder of an earlier --regret run: keep its fit and benches")
     parser.add_argument("--bench-prompts", type=Path,
