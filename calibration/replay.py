@@ -53,7 +53,8 @@ from calibration.objectives import Evaluation, rule_params_for
 from policies import OperatingPoint, Predictor, SensitivityTable
 from sencache.rule import RuleParams, decide
 
-__all__ = ["COMPOUNDING", "ReplayObjective", "SegmentCorrection", "compound", "fit_corrections", "tail_exponent"]
+__all__ = ["COMPOUNDING", "ReplayObjective", "SegmentCorrection", "compound", "compound_runs", "fit_corrections",
+           "tail_exponent"]
 
 COMPOUNDING = ("segments", "linear", "quadrature")
 #: the range a measured tail exponent is kept in (linear growth at least; no runaway from noise)
@@ -127,8 +128,7 @@ def compound(contributions: np.ndarray, segment: np.ndarray, rule: str, skipped:
         sums = np.bincount(segment[b], weights=contributions[b], minlength=contributions.shape[1])
         if corrected:
             lengths = np.bincount(segment[b], weights=skipped[b].astype(np.float64), minlength=contributions.shape[1])
-            weighted = sums[lengths > 0] * lengths[lengths > 0] ** correction.length_exponent
-            out[b] = _norm(weighted, correction.norm)
+            out[b] = compound_runs(sums[lengths > 0], lengths[lengths > 0], correction)
         else:
             out[b] = float(np.sqrt((sums**2).sum()))
     return out
@@ -327,9 +327,9 @@ def fit_corrections(replay: ReplayObjective, mask_errors: pd.DataFrame) -> dict[
         log_real = np.log([o[2] for o in observed])
         best = None
         for beta in LENGTH_EXPONENTS:
-            weighted = [sums * lengths**beta for sums, lengths, _ in observed]
             for q in NORMS:
-                predicted = np.array([_norm(w, q) for w in weighted])
+                candidate = SegmentCorrection(float(beta), float(q))
+                predicted = np.array([compound_runs(sums, lengths, candidate) for sums, lengths, _ in observed])
                 loss = float(((log_real - np.log(np.maximum(predicted, 1e-30))) ** 2).sum())
                 # ties (e.g. masks of one run of skips each, where q cannot matter) keep the plainer rule
                 key = (round(loss, 12), abs(float(beta)), abs(float(q) - 2.0))
@@ -337,6 +337,13 @@ def fit_corrections(replay: ReplayObjective, mask_errors: pd.DataFrame) -> dict[
                     best = (key, float(beta), float(q))
         out[str(mode)] = SegmentCorrection(best[1], best[2], len(observed))
     return out
+
+
+def compound_runs(sums: np.ndarray, lengths: np.ndarray, correction: SegmentCorrection) -> float:
+    """One run's final error from its runs of skips (each run's contribution sum and length):
+    (Σ (L^β·sum)^q)^(1/q); `SegmentCorrection()` (β = 0, q = 2) is the uncalibrated "segments"."""
+    return _norm(np.asarray(sums, dtype=np.float64) * np.asarray(lengths, dtype=np.float64) ** correction.length_exponent,
+                 correction.norm)
 
 
 def _norm(values: np.ndarray, q: float) -> float:
