@@ -52,6 +52,7 @@ def make_store(
     propagation: bool = True,
     propagation_direction: str = "cache",
     gain_modes: tuple[str, ...] | None = None,
+    masks: int = 0,
 ) -> Path:
     """Write `runs` calib + `holdout` holdout runs of the synthetic model to a new store."""
     store = CalibrationStore(path)
@@ -96,7 +97,14 @@ def make_store(
             "extra": {"propagation_direction": propagation_direction} if propagation else None,
             **(call or {}),
         }
-        store.write_run(run, steps, sens, errors, prop, reuse_errors=reuse)
+        # `masks` whole static masks per run (store schema 4): every other step computed and more, an
+        # error that grows with the skips (what compounding replay calibrates on)
+        mask_rows = None
+        if masks:
+            mask_rows = pd.DataFrame([{"mode": "none" if j % 2 == 0 else "linear",
+                                       "mask": ",".join(str(i) for i in sorted({0, n - 1} | set(range(0, n, 2 + j)))),
+                                       "error": 0.01 * (1 + j) ** 1.5} for j in range(masks)])
+        store.write_run(run, steps, sens, errors, prop, reuse_errors=reuse, mask_errors=mask_rows)
     store.close()
     return path
 

@@ -359,3 +359,21 @@ def replace_masks(data, masks: pd.DataFrame):
     from dataclasses import replace
 
     return replace(data, mask_errors=masks)
+
+
+def test_a_replay_fit_calibrates_its_compounding_on_the_stores_masks_and_says_so(tmp_path):
+    # Fails when fit ignores the store's whole masks, or when "segments" still calibrates.
+    from calibration.fit import fit
+
+    db = make_store(tmp_path / "masked.duckdb", runs=4, holdout=2, masks=6)
+    data = load_fit_data(db)
+    assert len(data.mask_errors) == 6 * 6 and replay_trust(data).mask_runs == 36
+    result = fit(db, trials=2, objective="replay", show_progress=False, plot=False, static_evals=0)
+    calibrated = result["replay_compounding"]
+    assert calibrated["rule"] == "calibrated"
+    assert {m: c["masks"] for m, c in calibrated["modes"].items()} == {"none": 12, "linear": 12}  # calib runs only
+    plain = fit(db, trials=2, objective="replay", show_progress=False, plot=False, static_evals=0,
+                replay_compounding="segments")
+    assert plain["replay_compounding"] == {"rule": "segments", "modes": {}}
+    assert plain["study"]["name"] != result["study"]["name"]  # one study never resumes the other
+    assert not any("whole-mask" in p for p in result["replay_trust"]["problems"])
