@@ -193,9 +193,9 @@ def _add_fit(sub: argparse._SubParsersAction) -> None:
                    "compute fractions (README, 'The residual-change term')")
     p.add_argument("--choose", choices=("rerun", "replay"), default=None,
                    help="objective that picks each operating point among its few candidates on the calibration "
-                   "runs (default: --objective's). With --objective replay, rerun re-runs only those finalists "
-                   "and the static refinement (about 8 + --static-evals batched calls per target): replay's "
-                   "remaining error is each mask's own, and its minimum picks masks it underrates")
+                   "runs (default: --objective's). With --objective replay, rerun re-runs only those finalists, "
+                   "a few batched calls per target: replay's remaining error is each mask's own, and its "
+                   "minimum picks masks it underrates")
     p.add_argument("--replay-compounding", choices=("calibrated", "segments"), default="calibrated",
                    help="how replay adds up a mask's skips: calibrated: per reuse mode, fitted on the store's "
                    "whole-mask re-runs (`collect --mask-runs`) where it has them; segments: the uncalibrated "

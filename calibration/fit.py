@@ -263,7 +263,7 @@ def _choose_points(front: list[optuna.trial.FrozenTrial], space: SearchSpace, ta
     shaped like it (`mask_shaped_point`, its level bisected to the target); the lower calib error
     wins, and the best score-driven candidate is kept for the holdout to judge against it. With a
     `chooser` (e.g. re-runs under a replay search) every candidate is measured again by it on the
-    calibration runs, the static refinement walks on it, and it picks.
+    calibration runs, and that measurement picks.
 
     Evenly spaced skipping is a candidate because it is the baseline to beat (docs/design.md, "What an
     experiment found"): with few trials the search can miss it, and a fitted point that is worse
@@ -311,19 +311,13 @@ def _choose_points(front: list[optuna.trial.FrozenTrial], space: SearchSpace, ta
             measured = objective.evaluate(predictor, even)
             # order -1: on a tie (the same mask) the simpler claim wins
             options.append(_Option.of(target, measured.error, measured.nfe_fraction, -1, "uniform", None, even))
-        judge = chooser or objective
-        if chooser is not None:
-            options = [_Option.of(target, m.error, m.nfe_fraction, o.order, o.origin, o.trial, o.point)
-                       for o in options for m in [chooser.evaluate(predictor, o.point)]]
-            logger.info("%r: %d candidates measured again by %s on the calibration runs; the static refinement "
-                        "runs on it too", name, len(options), getattr(chooser, "kind", "the chooser"))
         refined = None
         statics = [o for o in options if o.point.static and not o.over]
         if static_evals > 0 and statics:
             from calibration.static_refine import refine_static
 
             start = min(statics, key=lambda o: o.rank)
-            found = refine_static(judge, predictor, start.point, space.num_steps, static_evals,
+            found = refine_static(objective, predictor, start.point, space.num_steps, static_evals,
                                   start_error=start.error)
             if found.moves:
                 refined = {"point": found.point, "from": start.origin, "trial": start.trial,
@@ -337,9 +331,14 @@ def _choose_points(front: list[optuna.trial.FrozenTrial], space: SearchSpace, ta
                 static = found.point
                 level = bisect(lambda lv: mask_shaped_point(static, space, lv, name), space, nfe_of, target)
                 shaped = mask_shaped_point(static, space, level, name)
-                result = judge.evaluate(predictor, shaped)
+                result = objective.evaluate(predictor, shaped)
                 options.append(_Option.of(target, result.error, result.nfe_fraction, len(options),
                                           "score on the static mask", start.trial, shaped))
+        if chooser is not None:
+            options = [_Option.of(target, m.error, m.nfe_fraction, o.order, o.origin, o.trial, o.point)
+                       for o in options for m in [chooser.evaluate(predictor, o.point)]]
+            logger.info("%r: %d candidates measured again by %s on the calibration runs", name, len(options),
+                        getattr(chooser, "kind", "the chooser"))
         best = min(options, key=lambda o: o.rank)
         if best.over:
             logger.warning("no point computes <= %.2f of the steps; %r computes %.2f", target, name, best.nfe)
@@ -490,9 +489,8 @@ def fit(
             where it has them; ``"segments"``: the uncalibrated rule (`calibration.replay`).
         choose: the objective that picks each operating point among its few candidates on the
             calibration runs (default: the search's). ``objective="replay", choose="rerun"``
-            searches on stored trajectories and re-runs only the finalists and the static
-            refinement (about 8 + `static_evals` batched calls per target): replay's error is each
-            mask's own, and its minimum picks what it underrates.
+            searches on stored trajectories and re-runs only the finalists (a few batched calls per
+            target): replay's error is the mask's own, and its minimum picks what it underrates.
     """
     if isinstance(trials, bool) or not isinstance(trials, int) or trials < 1:
         raise InputError(f"--trials must be a positive integer, got {trials!r}; e.g. `sencache-calibrate fit --db {db} --trials 60`")
