@@ -146,7 +146,6 @@ def _cmd_fit(args: argparse.Namespace) -> int:
         static_evals=args.static_evals,
         residual_change=args.residual_change,
         replay_compounding=args.replay_compounding,
-        choose=args.choose,
     )
     print(fit_result_path(args.db))
     return EXIT_OK
@@ -191,11 +190,6 @@ def _add_fit(sub: argparse._SubParsersAction) -> None:
                    "held-out rho from 0.69-0.86 to 0.94-0.97; toy-wan's shipped policy uses it (every point "
                    "score-driven and ahead of its static twin), but a refit with it trades quality between "
                    "compute fractions (README, 'The residual-change term')")
-    p.add_argument("--choose", choices=("rerun", "replay"), default=None,
-                   help="objective that picks each operating point among its few candidates on the calibration "
-                   "runs (default: --objective's). With --objective replay, rerun re-runs only those finalists, "
-                   "a few batched calls per target: replay's remaining error is each mask's own, and its "
-                   "minimum picks masks it underrates")
     p.add_argument("--replay-compounding", choices=("calibrated", "segments"), default="calibrated",
                    help="how replay adds up a mask's skips: calibrated: per reuse mode, fitted on the store's "
                    "whole-mask re-runs (`collect --mask-runs`) where it has them; segments: the uncalibrated "

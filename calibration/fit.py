@@ -253,7 +253,7 @@ def _one_more_skip(objective: Objective, predictor: Predictor, point: OperatingP
 def _choose_points(front: list[optuna.trial.FrozenTrial], space: SearchSpace, targets: dict[str, float],
                    objective: Objective, predictor: Predictor, refine_evals: int,
                    point_of: Any = None, static_evals: int = 0,
-                   nfe_of: Any = None, chooser: Objective | None = None) -> list[dict[str, Any]]:
+                   nfe_of: Any = None) -> list[dict[str, Any]]:
     """Per target: the best front trial at or below it, and the nearest above it, each scaled to the
     target (`_refine`; a score-driven one from above also with one more skip in a row), the point
     chosen for the next higher target with one more skip in a row, evenly spaced skipping at the
@@ -261,9 +261,7 @@ def _choose_points(front: list[optuna.trial.FrozenTrial], space: SearchSpace, ta
     (`calibration.static_refine`, `static_evals` evaluations; 0: not refined) with, when `nfe_of`
     (a point's compute on the replay of the calibration runs) is given, the score-driven point
     shaped like it (`mask_shaped_point`, its level bisected to the target); the lower calib error
-    wins, and the best score-driven candidate is kept for the holdout to judge against it. With a
-    `chooser` (e.g. re-runs under a replay search) every candidate is measured again by it on the
-    calibration runs, and that measurement picks.
+    wins, and the best score-driven candidate is kept for the holdout to judge against it.
 
     Evenly spaced skipping is a candidate because it is the baseline to beat (docs/design.md, "What an
     experiment found"): with few trials the search can miss it, and a fitted point that is worse
@@ -334,11 +332,6 @@ def _choose_points(front: list[optuna.trial.FrozenTrial], space: SearchSpace, ta
                 result = objective.evaluate(predictor, shaped)
                 options.append(_Option.of(target, result.error, result.nfe_fraction, len(options),
                                           "score on the static mask", start.trial, shaped))
-        if chooser is not None:
-            options = [_Option.of(target, m.error, m.nfe_fraction, o.order, o.origin, o.trial, o.point)
-                       for o in options for m in [chooser.evaluate(predictor, o.point)]]
-            logger.info("%r: %d candidates measured again by %s on the calibration runs", name, len(options),
-                        getattr(chooser, "kind", "the chooser"))
         best = min(options, key=lambda o: o.rank)
         if best.over:
             logger.warning("no point computes <= %.2f of the steps; %r computes %.2f", target, name, best.nfe)
@@ -459,7 +452,6 @@ def fit(
     static_evals: int = 40,
     residual_change: bool = False,
     replay_compounding: str = "calibrated",
-    choose: str | None = None,
 ) -> dict[str, Any]:
     """Fit a policy's predictor and operating points from the store at `db`; returns the result.
 
@@ -487,10 +479,6 @@ def fit(
         replay_compounding: ``"calibrated"`` (default): replay's compounding of a mask's skips is
             calibrated per reuse mode on the store's whole-mask re-runs (`collect --mask-runs`),
             where it has them; ``"segments"``: the uncalibrated rule (`calibration.replay`).
-        choose: the objective that picks each operating point among its few candidates on the
-            calibration runs (default: the search's). ``objective="replay", choose="rerun"``
-            searches on stored trajectories and re-runs only the finalists (a few batched calls per
-            target): replay's error is the mask's own, and its minimum picks what it underrates.
     """
     if isinstance(trials, bool) or not isinstance(trials, int) or trials < 1:
         raise InputError(f"--trials must be a positive integer, got {trials!r}; e.g. `sencache-calibrate fit --db {db} --trials 60`")
@@ -502,14 +490,13 @@ def fit(
         raise InputError(f"--search must be smooth or knots, got {search!r}")
     if replay_compounding not in ("calibrated", "segments"):
         raise InputError(f"--replay-compounding must be calibrated or segments, got {replay_compounding!r}")
-    for flag, value in (("--objective", objective), ("--validate", validate), ("--choose", choose)):
+    for flag, value in (("--objective", objective), ("--validate", validate)):
         if value not in (None, "rerun", "replay"):
             raise InputError(f"{flag} must be rerun or replay, got {value!r}")
     targets = dict(targets or TARGETS)
     data = load_fit_data(db, model)
     kind = objective or _default_objective(data, model)
     validate_kind = validate or kind
-    choose_kind = choose or kind
     trust = replay_trust(data)
     if "replay" in (kind, validate_kind):
         warn_if_thin(trust, data.path)
@@ -535,8 +522,7 @@ def fit(
         tuple(m for m in ("none", "linear", "taylor") if m == "none" or m in measured_modes)
     calibrate = replay_compounding == "calibrated"
     objectives = _Objectives(kind, data, table, model, calibrate)
-    costs = _skip_costs(objectives if "rerun" in (kind, validate_kind, choose_kind) else None, forecasts,
-                        data.skip_costs)
+    costs = _skip_costs(objectives if "rerun" in (kind, validate_kind) else None, forecasts, data.skip_costs)
     space = SearchSpace.from_scores(scores.to_numpy(np.float64), knots, data.num_steps, forecasts=forecasts,
                                     skip_costs=costs)
     gains = data.gain_curve()
@@ -579,11 +565,8 @@ def fit(
         run_search(study, calib_obj, predictors, space, trials, starts, show_progress)
 
     front = pareto_front(study)
-    # the finalists re-measured by another objective (`--choose`), e.g. re-runs after a replay search
-    chooser = None if choose_kind == kind else \
-        _costed(_Objectives(choose_kind, data, table, model, calibrate).for_split("calib"), costs)
     chosen = _choose_points(front, space, targets, calib_obj, predictors, refine_evals, point_of, static_evals,
-                            nfe_of, chooser)
+                            nfe_of)
     checker = objectives if validate_kind == kind else _Objectives(validate_kind, data, table, model, calibrate)
     holdout_obj = _costed(checker.for_split("holdout"), costs)
     validation = "holdout" if holdout_obj is not None else "calib (no holdout runs in the store)"
@@ -680,7 +663,6 @@ def fit(
         "runs": {"calib": data.run_ids("calib"), "holdout": data.run_ids("holdout")},
         "objective": kind,
         "validation_objective": validate_kind,
-        "choice_objective": choose_kind,
         "seed": seed,
         "trials": len([t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]),
         "study": {"name": study_name, "storage": storage or default_storage(data.path)},
