@@ -157,7 +157,7 @@ def _one_sample(frame: Any, table: str) -> Any:
 
 def _collect_one(loaded: Any, prompt: str, seed: int, call: dict[str, Any], k_max: int, estimator: str,
                  keep_latents: bool, propagation_points: int,
-                 propagation_direction: str = "cache", mask_runs: int = 0) -> dict[str, Any]:
+                 propagation_direction: str = "cache", mask_runs: int = 0, skip_costs: Any = None) -> dict[str, Any]:
     """Run and record one (prompt, seed); return the frames `write_run` takes."""
     from calibration.estimators import reference_latents
     from calibration.propagation import measure_gains, propagation_steps
@@ -191,11 +191,12 @@ def _collect_one(loaded: Any, prompt: str, seed: int, call: dict[str, Any], k_ma
     if mask_runs:
         import pandas as pd
 
-        from calibration.mask_runs import draw_masks, measure_mask_errors
+        from calibration.mask_runs import anchor_masks, draw_masks, measure_mask_errors
 
         n = call["num_inference_steps"]
         modes = ["none"] + sorted({str(m) for m in reuse_errors["mode"]} - {"none"}) if reuse_errors is not None else ["none"]
-        masks = draw_masks(n, mask_runs, modes, prompt, seed)
+        drawn = draw_masks(n, mask_runs, modes, prompt, seed)
+        masks = drawn + [m for m in anchor_masks(n, modes, skip_costs) if m not in drawn]
         mask_errors = pd.DataFrame(measure_mask_errors(pipe, run, final, masks, n)) if masks else None
     return {
         "steps": _one_sample(sink.frame("steps"), "steps"),
@@ -221,6 +222,16 @@ def _record_skip_costs(store: Any, pipe: Any, call: dict[str, Any]) -> None:
     costs = measure_skip_costs(pipe, call)
     store.set_meta("skip_costs", json.dumps(costs.to_dict(), sort_keys=True))
     logger.info("collect: a 'taylor' skip still runs %.2f%% of a step's block-stack Linear MACs", 100 * costs.taylor)
+
+
+def _stored_skip_costs(store: Any) -> Any:
+    """The store's measured `SkipCosts` (`_record_skip_costs`), or None."""
+    import json
+
+    from calibration.compute_cost import SkipCosts
+
+    raw = store.meta.get("skip_costs")
+    return SkipCosts(taylor=float(json.loads(raw).get("taylor", 0.0))) if raw else None
 
 
 def _validate(steps: int, k_max: int, estimator: str, holdout_fraction: float, seeds: Sequence[int]) -> None:
@@ -321,6 +332,7 @@ def collect(
     written = skipped = 0
     with CalibrationStore(path, model_fingerprint=fingerprint) as store:
         _record_skip_costs(store, pipe, call)
+        costs = _stored_skip_costs(store)
         done = store.completed_run_ids()
         todo = [r for r in rows if r["run_id"] not in done]
         skipped = len(rows) - len(todo)
@@ -330,7 +342,7 @@ def collect(
         for row in bar:
             t0 = time.perf_counter()
             frames = _collect_one(loaded, row["prompt"], row["seed"], call, k_max, estimator, not no_latents, points,
-                                  propagation_direction, mask_runs)
+                                  propagation_direction, mask_runs, costs)
             wall = time.perf_counter() - t0
             store.write_run({**row, "wall_s": wall}, **frames)
             written += 1

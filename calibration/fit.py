@@ -146,8 +146,10 @@ class _Objectives:
         prop = self.data.propagation
         prop = prop[prop["run_id"].isin(ids) & np.isfinite(prop["gain"]) & (prop["gain"] > 0)] if len(prop) else None
         pos, g = gains if gains is not None else (None, None)
+        masks = self.data.mask_errors
+        masks = masks[masks["run_id"].isin(ids)] if len(masks) and self.calibrate_compounding else None
         return ReplayObjective(self.table, steps, errors, g, pos, reuse_errors=reuse, run_gains=prop,
-                               corrections=corrections)
+                               corrections=corrections, measured_masks=masks)
 
     def _pipe(self) -> Any:
         if self._loaded is None:

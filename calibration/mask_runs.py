@@ -27,7 +27,8 @@ import torch
 
 from calibration.shapes import NFE_RANGE, SHAPE_RANGES, shape_schedule
 
-__all__ = ["MASK_RUNS", "CalibrationMask", "draw_masks", "mask_key", "measure_mask_errors", "parse_mask"]
+__all__ = ["ANCHOR_FRACTIONS", "MASK_RUNS", "CalibrationMask", "anchor_masks", "draw_masks", "mask_key",
+           "measure_mask_errors", "parse_mask"]
 
 #: whole masks re-run per calibration run by default when `collect --propagation` is on
 MASK_RUNS = 12
@@ -74,6 +75,28 @@ def draw_masks(num_steps: int, count: int, modes: Sequence[str], prompt: str, se
         mask = CalibrationMask(str(modes[len(out) % len(modes)]), tuple(sorted(steps)))
         if mask not in out:
             out.append(mask)
+    return out
+
+
+#: the compute fractions whose evenly spaced masks every run also re-runs in each mode: the fit's
+#: targets, where its `uniform` candidates and its static refinement's usual start lie
+ANCHOR_FRACTIONS = (0.7, 0.5, 0.4)
+
+
+def anchor_masks(num_steps: int, modes: Sequence[str], skip_costs: Any = None) -> list[CalibrationMask]:
+    """Evenly spaced skipping at `ANCHOR_FRACTIONS` of the compute in every mode, as the fit makes
+    its `uniform` candidates (a mode whose skips still cost compute, `skip_costs`, computes fewer
+    steps): masks every fit considers, so replay can use their measured errors (`ReplayObjective`)."""
+    from policies import evenly_spaced
+
+    if num_steps < 3:
+        return []
+    out = []
+    for f in ANCHOR_FRACTIONS:
+        for mode in modes:
+            steps = skip_costs.static_steps(mode, f, num_steps) if skip_costs is not None and skip_costs.of(mode) \
+                else int(min(num_steps, max(2, round(f * num_steps))))
+            out.append(CalibrationMask(str(mode), tuple(sorted(evenly_spaced(steps / num_steps, num_steps).steps(num_steps)))))
     return out
 
 

@@ -176,12 +176,15 @@ class ReplayObjective:
         run_gains: pd.DataFrame | None = None,
         compounding: str = "segments",
         corrections: dict[str, SegmentCorrection] | None = None,
+        measured_masks: pd.DataFrame | None = None,
     ) -> None:
         """`steps`: ``run_id, step, timestep``; `cache_errors`: ``run_id, step, lag, dx, dt,
         residual_error``; `reuse_errors`: ``run_id, step, lag, mode, error``; `gains` at
         `gain_positions` (normalised p), plain reuse's median curve; `run_gains`: ``run_id, step,
         gain`` and optionally ``mode`` (a gain per reuse mode, store schema 3; absent: "none");
-        `corrections`: per mode, the calibrated compounding (`fit_corrections`; absent: uncalibrated)."""
+        `corrections`: per mode, the calibrated compounding (`fit_corrections`; absent: uncalibrated);
+        `measured_masks`: ``run_id, mode, mask, error`` of whole masks really run, whose measured
+        error replaces the estimate wherever a point makes that mask on that run in that mode."""
         if compounding not in COMPOUNDING:
             raise ValueError(f"compounding must be one of {COMPOUNDING}, got {compounding!r}")
         if cache_errors.empty:
@@ -189,6 +192,9 @@ class ReplayObjective:
         self.table = table
         self.compounding = compounding
         self.corrections: dict[str, SegmentCorrection] = dict(corrections or {})
+        self.measured: dict[tuple[str, str, str], float] = {} if measured_masks is None or measured_masks.empty else {
+            (str(r), str(m), str(k)): float(e) for r, m, k, e in zip(measured_masks["run_id"], measured_masks["mode"],
+                                                                      measured_masks["mask"], measured_masks["error"])}
         self.max_lag = int(cache_errors["lag"].max())
         self.modes = ("none",) if reuse_errors is None or reuse_errors.empty else \
             tuple(sorted(set(reuse_errors["mode"].astype(str)) | {"none"}))
@@ -263,9 +269,23 @@ class ReplayObjective:
             contributions, segment, computed = _replay_group(params, g, g.err[mode], g.gain[mode],
                                                              self.tail_exponents[mode], steps_out=decided)
             skipped = ~np.stack(decided, axis=1)
-            errors.extend(compound(contributions, segment, self.compounding, skipped, correction).tolist())
+            estimated = compound(contributions, segment, self.compounding, skipped, correction)
+            errors.extend(self._exact_where_measured(g, mode, skipped, estimated))
             nfes.extend(computed.tolist())
         return Evaluation(float(np.mean(errors)), float(np.mean(nfes)), errors, nfes)
+
+    def _exact_where_measured(self, g: _ReplayGroup, mode: str, skipped: np.ndarray, estimated: np.ndarray) -> list:
+        """Each run's error: the store's measured one where the point makes a mask the store re-ran
+        on that run in that mode, else replay's estimate."""
+        if not self.measured:
+            return estimated.tolist()
+        from calibration.mask_runs import mask_key
+
+        out = []
+        for b, run_id in enumerate(g.run_ids):
+            key = (str(run_id), mode, mask_key(np.flatnonzero(~skipped[b])))
+            out.append(self.measured.get(key, float(estimated[b])))
+        return out
 
     def mask_segments(self, run_id: str, mode: str, computed: frozenset[int]) -> tuple[np.ndarray, np.ndarray] | None:
         """The runs of skips a static mask makes on one stored run under `mode`: per run of skips

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from calibration.collect import collect
-from calibration.mask_runs import CalibrationMask, draw_masks, mask_key, measure_mask_errors, parse_mask
+from calibration.mask_runs import (ANCHOR_FRACTIONS, CalibrationMask, anchor_masks, draw_masks, mask_key,
+                                   measure_mask_errors, parse_mask)
 from calibration.shapes import NFE_RANGE
 from store import CalibrationStore
 from tests.calibration.test_collect import PROMPTS
@@ -27,6 +28,25 @@ def test_masks_are_drawn_per_run_as_static_candidates_and_the_same_on_a_rerun():
     assert draw_masks(2, 12, ("none",), "p", 0) == [] and draw_masks(30, 0, ("none",), "p", 0) == []
 
 
+def test_the_anchors_are_the_fits_evenly_spaced_candidates_in_every_mode():
+    from calibration.fit import TARGETS, uniform_point
+
+    anchors = anchor_masks(30, ("none", "taylor"))
+    assert len(anchors) == 2 * len(ANCHOR_FRACTIONS) and set(ANCHOR_FRACTIONS) == set(TARGETS.values())
+    for fraction in ANCHOR_FRACTIONS:
+        steps = tuple(sorted(uniform_point(fraction, 30).schedule.steps(30)))
+        assert {m.mode for m in anchors if m.computed == steps} == {"none", "taylor"}
+    # a mode whose skips still cost compute computes fewer steps, as the fit's `uniform` candidate does
+    from calibration.compute_cost import SkipCosts
+
+    costs = SkipCosts(taylor=0.0103)
+    costed = anchor_masks(30, ("none", "taylor"), costs)
+    for fraction in ANCHOR_FRACTIONS:
+        fit_uniform = uniform_point(costs.static_steps("taylor", fraction, 30) / 30, 30).schedule.steps(30)
+        assert any(m.mode == "taylor" and m.computed == tuple(sorted(fit_uniform)) for m in costed)
+    assert len(costed[-1].computed) == 11  # taylor at 0.4: 11 of 30 steps, not 12
+
+
 def test_a_short_run_draws_no_mask_twice():
     masks = draw_masks(5, 12, ("none",), "p", 0)
     assert len(masks) == len(set(masks)) and 1 <= len(masks) <= 12
@@ -42,7 +62,11 @@ def test_collect_stores_each_masks_final_error_as_the_runtime_makes_it(tmp_path)
     with CalibrationStore(db, read_only=True) as store:
         rows = store.mask_errors()
         run = store.runs().iloc[0]
-    assert len(rows) == 3 and set(rows["mode"]) == {"none", "linear", "taylor"}  # one mask per mode, in turn
+    modes = ("none", "linear", "taylor")
+    drawn = draw_masks(6, 3, modes, run["prompt"], int(run["seed"]))
+    assert [m.mode for m in drawn] == list(modes)  # one drawn mask per mode, in turn
+    expected = {(m.mode, m.key) for m in drawn + anchor_masks(6, modes)}  # and the anchors, once each
+    assert set(zip(rows["mode"], rows["mask"])) == expected and len(rows) == len(expected)
     assert (rows["error"] > 0).all()
     loaded = load_model("tiny-wan")
     call = loaded.call_kwargs(num_inference_steps=6)

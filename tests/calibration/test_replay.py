@@ -377,3 +377,21 @@ def test_a_replay_fit_calibrates_its_compounding_on_the_stores_masks_and_says_so
     assert plain["replay_compounding"] == {"rule": "segments", "modes": {}}
     assert plain["study"]["name"] != result["study"]["name"]  # one study never resumes the other
     assert not any("whole-mask" in p for p in result["replay_trust"]["problems"])
+
+
+def test_a_mask_the_store_re_ran_replays_to_its_measured_error_on_that_run_alone(data):
+    # Fails when replay estimates a mask it holds a real re-run of (toy-cogvideox: evenly spaced
+    # "linear" at 0.5 measures 0.0166 by re-run, and replay's estimate let a worse point pass it).
+    from calibration.mask_runs import mask_key
+
+    plain = _replay(data, run_gains=data.propagation)
+    runs = plain.groups[0].run_ids
+    point = _even("linear")
+    key = mask_key(point.schedule.steps(12))
+    measured = pd.DataFrame({"run_id": [runs[0], runs[1]], "mode": ["linear", "none"], "mask": [key, key],
+                             "error": [0.123, 0.456]})
+    exact = _replay(data, run_gains=data.propagation, measured_masks=measured)
+    got, estimate = exact.evaluate(PREDICTOR, point).per_run_error, plain.evaluate(PREDICTOR, point).per_run_error
+    assert got[0] == 0.123  # its own run and mode
+    assert got[1:] == pytest.approx(estimate[1:])  # another mode's re-run says nothing of this one
+    assert exact.evaluate(PREDICTOR, _even("none")).per_run_error[1] == 0.456
