@@ -297,8 +297,9 @@ def _add_collect(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--mask-runs", type=int, default=None, metavar="MASKS",
                    help="whole static schedules re-run per run, drawn as the fit draws its static candidates (the "
                    "reuse modes in turn): their final errors calibrate how replay compounds a mask's skips "
-                   "(`fit --objective replay`); each costs one more pipeline call per run (default: 12 with "
-                   "--propagation, else 0)")
+                   "(`fit --objective replay`); with any, the fit's evenly spaced candidates at 0.7/0.5/0.4 of "
+                   "each mode are re-run too, and replay uses their measured errors. Each costs one more pipeline "
+                   "call per run (default: 12 with --propagation, else 0)")
     p.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS, help="no progress bars")
 
 

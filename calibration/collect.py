@@ -284,7 +284,8 @@ def collect(
             `calibration.propagation`). Recorded with each run.
         mask_runs: whole static schedules re-run per run, each one more pipeline call, whose
             final errors calibrate how replay compounds a mask's skips (`calibration.mask_runs`);
-            None: `MASK_RUNS` with `propagation`, else 0.
+            with any, the fit's evenly spaced candidates (`anchor_masks`) are re-run too. None:
+            `MASK_RUNS` with `propagation`, else 0.
     """
     from calibration.models import load_model
     from store import CalibrationStore, shard_path

@@ -12,7 +12,12 @@ So `collect` measures what replay has to predict, on the masks a fit will look a
 `calibration.shapes.shape_schedule`, a compute fraction in `NFE_RANGE`, the reuse modes in turn),
 really run under the runtime, and the final error of each against the run's full compute is
 stored (`mask_errors`, store schema 4). Replay calibrates its compounding on them
-(`calibration.replay.fit_corrections`). Each mask costs one more pipeline call per run.
+(`calibration.replay.fit_corrections`). Each run also re-runs the fit's own evenly spaced
+candidates at its targets in every mode (`anchor_masks`), and replay takes those measured errors
+as they are wherever a point makes one of those masks on that run: on toy-cogvideox replay put
+evenly spaced "linear" refined at 0.5 1.5–1.8× above its re-run, so a replay fit passed it over,
+and the worst regret on 10 held-out prompts fell from 4.7 to 1.8 dB with the anchors (README).
+Each mask costs one more pipeline call per run.
 """
 
 from __future__ import annotations
