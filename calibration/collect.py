@@ -231,7 +231,7 @@ def _stored_skip_costs(store: Any) -> Any:
     from calibration.compute_cost import SkipCosts
 
     raw = store.meta.get("skip_costs")
-    return SkipCosts(taylor=float(json.loads(raw).get("taylor", 0.0))) if raw else None
+    return SkipCosts.from_dict(json.loads(raw)) if raw else None
 
 
 def _validate(steps: int, k_max: int, estimator: str, holdout_fraction: float, seeds: Sequence[int]) -> None:

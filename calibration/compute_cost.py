@@ -45,6 +45,11 @@ class SkipCosts:
         steps = (float(compute) - cost) / max(1.0 - cost, 1e-12)
         return int(min(num_steps, max(2, math.floor(steps * num_steps + 1e-9))))
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SkipCosts:
+        """The costs `to_dict` wrote (as `collect` keeps them in the store's `meta.skip_costs`)."""
+        return cls(taylor=float(data.get("taylor", 0.0)))
+
     def to_dict(self) -> dict[str, float]:
         return {"taylor": self.taylor}
 

@@ -415,7 +415,7 @@ def _skip_costs(objectives: _Objectives | None, forecasts: tuple[str, ...],
     if "taylor" not in forecasts:
         return SkipCosts()
     if objectives is None and stored is not None:
-        costs = SkipCosts(taylor=float(stored.get("taylor", 0.0)))
+        costs = SkipCosts.from_dict(stored)
         logger.info("a 'taylor' skip still runs %.2f%% of a step's block-stack Linear MACs (measured by collect)",
                     100 * costs.taylor)
         return costs

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from calibration.fit import TARGETS
 from calibration.shapes import NFE_RANGE, SHAPE_RANGES, shape_schedule
 
 __all__ = ["ANCHOR_FRACTIONS", "MASK_RUNS", "CalibrationMask", "anchor_masks", "draw_masks", "mask_key",
@@ -85,7 +86,7 @@ def draw_masks(num_steps: int, count: int, modes: Sequence[str], prompt: str, se
 
 #: the compute fractions whose evenly spaced masks every run also re-runs in each mode: the fit's
 #: targets, where its `uniform` candidates and its static refinement's usual start lie
-ANCHOR_FRACTIONS = (0.7, 0.5, 0.4)
+ANCHOR_FRACTIONS = tuple(TARGETS.values())
 
 
 def anchor_masks(num_steps: int, modes: Sequence[str], skip_costs: Any = None) -> list[CalibrationMask]:
@@ -99,9 +100,9 @@ def anchor_masks(num_steps: int, modes: Sequence[str], skip_costs: Any = None) -
     out = []
     for f in ANCHOR_FRACTIONS:
         for mode in modes:
-            steps = skip_costs.static_steps(mode, f, num_steps) if skip_costs is not None and skip_costs.of(mode) \
-                else int(min(num_steps, max(2, round(f * num_steps))))
-            out.append(CalibrationMask(str(mode), tuple(sorted(evenly_spaced(steps / num_steps, num_steps).steps(num_steps)))))
+            fraction = skip_costs.static_steps(mode, f, num_steps) / num_steps \
+                if skip_costs is not None and skip_costs.of(mode) else f
+            out.append(CalibrationMask(str(mode), tuple(sorted(evenly_spaced(fraction, num_steps).steps(num_steps)))))
     return out
 
 
