@@ -146,6 +146,7 @@ def _cmd_fit(args: argparse.Namespace) -> int:
         static_evals=args.static_evals,
         residual_change=args.residual_change,
         replay_compounding=args.replay_compounding,
+        **({} if args.twin_margin is None else {"twin_margin_db": args.twin_margin}),
     )
     print(fit_result_path(args.db))
     return EXIT_OK
@@ -190,6 +191,10 @@ def _add_fit(sub: argparse._SubParsersAction) -> None:
                    "held-out rho from 0.69-0.86 to 0.94-0.97; toy-wan's shipped policy uses it (every point "
                    "score-driven and ahead of its static twin), but a refit with it trades quality between "
                    "compute fractions (README, 'The residual-change term')")
+    p.add_argument("--twin-margin", type=float, default=None, metavar="DB",
+                   help="a point ships score-driven only when it beats its static twin (the best static schedule "
+                   "of the same reuse mode at its compute) on the holdout runs by more than this many dB of "
+                   "paired per-run error; otherwise the twin ships, labelled static (default: 0.5)")
     p.add_argument("--replay-compounding", choices=("calibrated", "segments"), default="calibrated",
                    help="how replay adds up a mask's skips: calibrated: per reuse mode, fitted on the store's "
                    "whole-mask re-runs (`collect --mask-runs`) where it has them; segments: the uncalibrated "

@@ -88,11 +88,14 @@ def build_policy(result: dict[str, Any], data: Any, source: str = "<export>") ->
         "origins": {p["name"]: p.get("origin", "search") for p in result["operating_points"] if "target_nfe_fraction" in p},
         "references": result.get("references"),
         # the ablation: each chosen point against the best static schedule of the same search and
-        # reuse mode at the same compute (paired holdout difference, point − twin; > 0: twin better)
+        # reuse mode at the same compute (paired holdout difference, point − twin; > 0: twin better;
+        # gain_db: what the score adds, in dB; it ships score-driven above the fit's twin margin)
         "static_twins": {p["name"]: {k: (p.get("static_twin") or {}).get(k)
-                                     for k in ("origin", "paired_difference", "standard_error", "runs", "replaced", "point")}
+                                     for k in ("origin", "paired_difference", "standard_error", "runs", "gain_db",
+                                               "gain_db_standard_error", "replaced", "point")}
                          for p in result["operating_points"] if p.get("static_twin")},
         "score_driven": {p["name"]: p.get("score_driven") for p in result["operating_points"] if "score_driven" in p},
+        "twin_margin_db": result.get("twin_margin_db"),
         "predictor_comparison": [{k: row.get(k) for k in ("name", "spearman", "r2")} for row in result.get("predictor_comparison", [])],
     }
     provenance = {

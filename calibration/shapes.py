@@ -29,7 +29,7 @@ import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import optuna
@@ -226,19 +226,48 @@ def run_shape_search(
 
 @dataclass(frozen=True)
 class Twin:
-    """A chosen point's static twin and the paired holdout difference (point − twin, per run)."""
+    """A chosen point's static twin and the paired holdout difference (point − twin, per run).
+
+    `gain_db` is what the score adds in the bench's own unit: the mean over the holdout runs of
+    20·log10(twin's error ÷ point's error), the PSNR a sample gains from the score (> 0: the point
+    is closer to full compute). `fit` ships the point score-driven only when it exceeds the fit's
+    `twin_margin_db`.
+    """
 
     point: OperatingPoint
     origin: str
     mean_difference: float
     standard_error: float
     runs: int
+    gain_db: float = 0.0
+    gain_db_standard_error: float = float("nan")
 
     def to_dict(self) -> dict[str, Any]:
         # one holdout run has no standard error: null in the JSON (NaN is not JSON)
         se = self.standard_error if math.isfinite(self.standard_error) else None
+        gain_se = self.gain_db_standard_error if math.isfinite(self.gain_db_standard_error) else None
         return {"point": self.point.to_dict(), "origin": self.origin, "paired_difference": self.mean_difference,
-                "standard_error": se, "runs": self.runs}
+                "standard_error": se, "runs": self.runs, "gain_db": self.gain_db, "gain_db_standard_error": gain_se}
+
+
+class PairedGain(NamedTuple):
+    """The dB a point gains over another, paired run by run."""
+
+    mean_db: float
+    standard_error_db: float
+
+
+def paired_gain_db(point_errors: Any, twin_errors: Any) -> PairedGain:
+    """Mean and standard error over runs of 20·log10(twin ÷ point): the dB the point gains.
+
+    A run where both are exact gains nothing; an exact side is floored at 1e-12 so the gain
+    stays finite.
+    """
+    point = np.maximum(np.asarray(point_errors, dtype=np.float64), 1e-12)
+    twin = np.maximum(np.asarray(twin_errors, dtype=np.float64), 1e-12)
+    gains = 20.0 * np.log10(twin / point)
+    se = float(np.std(gains, ddof=1) / math.sqrt(len(gains))) if len(gains) > 1 else float("nan")
+    return PairedGain(float(np.mean(gains)), se)
 
 
 def _with_fraction(point: OperatingPoint, target: float, name: str, space: SearchSpace | None = None) -> OperatingPoint:
@@ -286,6 +315,7 @@ def static_twin(study: optuna.Study, point: OperatingPoint, target: float, space
     twin_holdout = holdout.evaluate(predictors, twin)
     diff = np.asarray(measured.per_run_error, dtype=np.float64) - np.asarray(twin_holdout.per_run_error, dtype=np.float64)
     se = float(np.std(diff, ddof=1) / math.sqrt(len(diff))) if len(diff) > 1 else float("nan")
+    gain = paired_gain_db(measured.per_run_error, twin_holdout.per_run_error)
     twin = OperatingPoint.from_dict({**twin.to_dict(), "expected_nfe_fraction": max(twin_holdout.nfe_fraction, 1e-6),
                                      "expected_error": twin_holdout.error})
-    return Twin(twin, origin, float(np.mean(diff)), se, int(len(diff)))
+    return Twin(twin, origin, float(np.mean(diff)), se, int(len(diff)), gain.mean_db, gain.standard_error_db)
