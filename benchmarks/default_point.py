@@ -2,8 +2,9 @@
 
 Applies each toy's shipped policy at its default operating point to one batch of 3 held-out
 prompts (prompts no fit saw), at 30 steps, and prints the per-sample compute and the reasons the
-report gives for every computed step. A score-driven point shows `score` among the reasons and
-per-sample compute that differs; a static point shows `schedule`, the same for every sample.
+report gives for every computed step, and how many distinct masks the samples made. A
+score-driven point shows `score` among the reasons and masks (or compute) that differ between
+samples; a static point shows `schedule`, one mask for every sample.
 
     OMP_NUM_THREADS=1 python benchmarks/default_point.py [--models toy-wan,toy-cogvideox,toy-ltx]
 """
@@ -41,9 +42,11 @@ def main() -> None:
         sencache.remove(loaded.pipe)
         reasons = Counter(r for row, done in zip(report.reasons, report.computed) for r, c in zip(row, done) if c)
         per_sample = [int(n) for n in report.computed.sum(axis=1)]
+        # the score may move *where* a sample computes without changing how much
+        masks = len({tuple(bool(c) for c in row) for row in report.computed})
         kind = "static schedule" if point.static else f"score-driven, forecast {point.forecast}"
         print(f"{name}: default point {point.name!r} ({kind}); computed per sample {per_sample} of {args.steps}; "
-              f"reasons of computed steps {dict(reasons)}")
+              f"{masks} distinct mask(s) among {len(per_sample)} samples; reasons of computed steps {dict(reasons)}")
 
 
 if __name__ == "__main__":

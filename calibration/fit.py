@@ -53,9 +53,9 @@ NFE_TOLERANCE = 0.02
 #: Holdout runs below which `fit` warns that the ablation against the static twin cannot judge.
 MIN_HOLDOUT_RUNS = 6
 # A score-driven point must beat its static twin on the holdout runs by more than this (dB of the
-# paired per-run error). Half a decibel: on the toys, toy-ltx's score-driven points won their
-# holdout by 0.25-0.3 dB and lost 0.3-3 dB to their twins on the bench's held-out prompts, where
-# the points that won by 1.8-3.4 dB kept their lead (README, "What the score adds").
+# paired per-run error). Half a decibel: toy-ltx's score-driven points won their 6 holdout runs
+# by 0.22 and 0.34 dB and lost 3.1 and 0.3 dB to their twins on the bench's held-out prompts
+# (README, "A point ships score-driven only when the score clearly wins").
 TWIN_MARGIN_DB = 0.5
 #: Models small enough that the default objective is real re-runs.
 _SMALL_MODELS = ("toy-", "tiny-")
