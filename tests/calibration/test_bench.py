@@ -50,6 +50,23 @@ def test_interp_inside_outside_and_ties():
     assert _interp([0.5, 0.5, 1.0], [10.0, 20.0, 40.0], 0.5) == pytest.approx(15.0)
 
 
+def test_settings_at_the_same_compute_on_a_sample_are_not_blended():
+    # The quickstart's sencache at 0.4: `fast` computes 0.4 on both samples (40 dB); `paper*2`,
+    # 0.39 on average, computes 0.4 on the first sample too (30 dB) and 0.38 on the second. On the
+    # first sample the matched value was their mean in MSE (32.6 dB), below `fast` alone — and
+    # below the static twin with fast's very mask. The setting meant for 0.4 (mean 0.40) stands.
+    fast = _row("sencache", 0.4, [40, 40])
+    paper = _row("sencache", 0.39, [30, 32])
+    paper["knob"] = "paper*2"
+    paper["samples"][0]["nfe_fraction"], paper["samples"][1]["nfe_fraction"] = 0.4, 0.38
+    table = matched([_row("none", 1.0, [100, 100]), fast, paper, _row("sencache-static", 0.4, [40, 40])], (0.4,))
+    assert table["0.4"]["sencache"]["psnr"] == pytest.approx(40.0)
+    assert table["0.4"]["sencache"]["vs_sencache-static"] == pytest.approx(0.0)
+    # without a rank, equal x is still the mean
+    assert _interp([0.4, 0.4], [10.0, 20.0], 0.4) == pytest.approx(15.0)
+    assert _interp([0.4, 0.4, 0.5], [10.0, 20.0, 30.0], 0.4, tie_rank=[0.1, 0.0, 0.2]) == pytest.approx(20.0)
+
+
 def _row(method, nfe, psnr_by_sample):
     samples = [{"nfe_fraction": nfe, "psnr": p, "ssim": 0.9, "latent_rmse": 0.1} for p in psnr_by_sample]
     return {"method": method, "knob": nfe, "nfe_fraction": nfe, "psnr": float(np.mean(psnr_by_sample)),
