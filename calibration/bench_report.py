@@ -183,35 +183,36 @@ def _step_compute(per_call: list[float], ref_per_call: list[float]) -> list[floa
 # --- matched comparison -----------------------------------------------------------------------
 
 
-def _interp(xs: list[float], ys: list[float], at: float, tie_rank: list[float] | None = None) -> float | None:
+def _interp(xs: list[float], ys: list[float], at: float, setting_means: list[float] | None = None) -> float | None:
     """Linear interpolation of y(x) at `at`; None outside [min x, max x].
 
-    Equal x: the mean y, or with `tie_rank` (one value per entry) the y of the entry ranked
-    lowest. `matched` ranks a sample's settings by how far each setting's *mean* compute lies
-    from the fraction it matches: two settings that compute the same steps on one sample are two
-    knobs a user picks between by their mean compute, so the one meant for this fraction stands.
-    Averaging them blended settings: the quickstart's `paper*2` (0.392 of the steps on average)
-    computed exactly `fast`'s 12 of 30 on 3 of 4 samples and pulled SenCache's 0.4 from 40.0
-    to 38.3 dB, below its own static twin with the very same mask.
+    Equal x: the mean y, or with `setting_means` (each entry's setting's mean compute over all
+    samples) the y of the setting whose mean lies nearest that x. Two settings that compute the
+    same steps on one sample are two knobs a user picks between by their mean compute, so the one
+    meant for that compute stands. Averaging them blended settings: the quickstart's `paper*2`
+    (0.392 of the steps on average) computed exactly `fast`'s 12 of 30 on 3 of 4 samples and
+    pulled SenCache's 0.4 from 40.0 to 38.3 dB, below its own static twin with the very same mask.
     """
     pts: dict[float, list[tuple[float, float]]] = {}
-    ranks = tie_rank if tie_rank is not None else [0.0] * len(xs)
-    for x, y, rank in zip(xs, ys, ranks):
+    means = setting_means if setting_means is not None else [math.nan] * len(xs)
+    for x, y, mean in zip(xs, ys, means):
         if x is not None and y is not None and np.isfinite(x) and np.isfinite(y):
-            pts.setdefault(round(float(x), 12), []).append((float(rank), float(y)))
+            pts.setdefault(round(float(x), 12), []).append((float(mean) if mean is not None else math.nan, float(y)))
     if not pts:
         return None
     x_sorted = sorted(pts)
     if at < x_sorted[0] - 1e-9 or at > x_sorted[-1] + 1e-9:
         return None
 
-    def at_x(entries: list[tuple[float, float]]) -> float:
-        if tie_rank is None:
+    def at_x(x: float) -> float:
+        entries = pts[x]
+        distance = [abs(mean - x) if math.isfinite(mean) else math.inf for mean, _ in entries]
+        if setting_means is None or not any(math.isfinite(d) for d in distance):
             return float(np.mean([y for _, y in entries]))
-        best = min(rank for rank, _ in entries)
-        return float(np.mean([y for rank, y in entries if rank == best]))
+        nearest = min(distance)
+        return float(np.mean([y for d, (_, y) in zip(distance, entries) if d == nearest]))
 
-    return float(np.interp(at, x_sorted, [at_x(pts[x]) for x in x_sorted]))
+    return float(np.interp(at, x_sorted, [at_x(x) for x in x_sorted]))
 
 
 def _to_mse(value: float | None) -> float | None:
@@ -262,7 +263,7 @@ def matched(rows: list[dict[str, Any]], fractions: tuple[float, ...]) -> dict[st
     Only a method's non-dominated settings make its curve (`pareto_rows`; the others are listed
     under `dominated`). Each (prompt, seed) sample's own curve is interpolated at the fraction (clamped to that
     sample's span, which may be narrower than the mean curve's; where two settings compute the same
-    on a sample, the one whose mean compute lies nearest the fraction, see `_interp`); the value is the mean over
+    on a sample, the one whose mean compute lies nearest that compute, see `_interp`); the value is the mean over
     samples, `spread` the standard deviation of PSNR (`spread_ssim`, `spread_latent_rmse` too).
     PSNR is interpolated as MSE, never in dB: identical outputs have an infinite (capped) PSNR,
     and a straight line towards the cap would invent quality. A method is "reached" at a
@@ -300,18 +301,16 @@ def matched(rows: list[dict[str, Any]], fractions: tuple[float, ...]) -> dict[st
                 continue
             per: dict[str, list[float | None]] = {m: [] for m in _METRICS}
             by_sample = psnr_by_sample.setdefault(method, {})
-            # a sample's settings at the same compute: the one whose mean compute is nearest f stands
-            rank = [abs(x - f) if x is not None else math.inf for x in xs]
             for s in range(len(mrows[0]["samples"])):
                 sx = [r["samples"][s]["nfe_fraction"] for r in mrows]
                 span = [x for x in sx if x is not None]
                 if not span:
                     continue
                 at = min(max(f, min(span)), max(span))
-                per["psnr"].append(_to_psnr(_interp(sx, [_to_mse(r["samples"][s]["psnr"]) for r in mrows], at, rank)))
+                per["psnr"].append(_to_psnr(_interp(sx, [_to_mse(r["samples"][s]["psnr"]) for r in mrows], at, xs)))
                 by_sample[s] = per["psnr"][-1]
                 for metric in ("ssim", "latent_rmse"):
-                    per[metric].append(_interp(sx, [r["samples"][s][metric] for r in mrows], at, rank))
+                    per[metric].append(_interp(sx, [r["samples"][s][metric] for r in mrows], at, xs))
             for metric in _METRICS:
                 entry[metric] = _mean(per[metric])
                 entry["spread" if metric == "psnr" else f"spread_{metric}"] = _std(per[metric])

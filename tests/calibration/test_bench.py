@@ -64,7 +64,10 @@ def test_settings_at_the_same_compute_on_a_sample_are_not_blended():
     assert table["0.4"]["sencache"]["vs_sencache-static"] == pytest.approx(0.0)
     # without a rank, equal x is still the mean
     assert _interp([0.4, 0.4], [10.0, 20.0], 0.4) == pytest.approx(15.0)
-    assert _interp([0.4, 0.4, 0.5], [10.0, 20.0, 30.0], 0.4, tie_rank=[0.1, 0.0, 0.2]) == pytest.approx(20.0)
+    # with the settings' mean compute, the one nearest the shared compute stands — also where the
+    # tie lies beside the matched fraction and only shapes the interpolation towards it
+    assert _interp([0.4, 0.4, 0.5], [10.0, 20.0, 30.0], 0.4, setting_means=[0.38, 0.41, 0.5]) == pytest.approx(20.0)
+    assert _interp([0.4, 0.4, 0.6], [10.0, 20.0, 30.0], 0.5, setting_means=[0.40, 0.43, 0.6]) == pytest.approx(20.0)
 
 
 def _row(method, nfe, psnr_by_sample):
