@@ -23,6 +23,14 @@ def test_fit_then_export(tmp_path, capsys):
     assert Policy.load(out, model_fingerprint=SYNTH_FP).default_operating_point == "balanced"
 
 
+def test_fit_takes_the_twin_margin_and_defaults_to_half_a_decibel(tmp_path):
+    db = make_store(tmp_path / "calib.duckdb", runs=2, holdout=0)
+    assert main(["--quiet", "fit", "--db", str(db), "--trials", "2", "--objective", "replay"]) == 0
+    assert read_fit_result(db)["twin_margin_db"] == 0.5
+    assert main(["--quiet", "fit", "--db", str(db), "--trials", "2", "--objective", "replay", "--twin-margin", "2.5"]) == 0
+    assert read_fit_result(db)["twin_margin_db"] == 2.5
+
+
 def test_fit_storage_flag_takes_a_journal_file(tmp_path):
     db = make_store(tmp_path / "calib.duckdb", runs=2, holdout=0)
     storage = tmp_path / "studies" / "shared.log"
@@ -49,8 +57,11 @@ def _empty(tmp_path):
          "--knots must lie in 8..16"),
         (lambda p: ["export", "--db", str(make_store(p / "s.duckdb", runs=1, holdout=0)), "--out", str(p / "o.json")],
          "sencache-calibrate fit --db"),
+        (lambda p: ["fit", "--db", str(make_store(p / "s.duckdb", runs=1, holdout=0)), "--twin-margin", "-1"],
+         "--twin-margin must be a non-negative number of dB"),
     ],
-    ids=["missing-store", "empty-store", "no-sensitivities", "zero-trials", "bad-knots", "export-before-fit"],
+    ids=["missing-store", "empty-store", "no-sensitivities", "zero-trials", "bad-knots", "export-before-fit",
+         "negative-twin-margin"],
 )
 def test_bad_input_exits_2_with_the_fix(tmp_path, capsys, argv, message):
     assert main(argv(tmp_path)) == 2
