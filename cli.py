@@ -146,7 +146,7 @@ def _cmd_fit(args: argparse.Namespace) -> int:
         static_evals=args.static_evals,
         residual_change=args.residual_change,
         replay_compounding=args.replay_compounding,
-        **({} if args.twin_margin is None else {"twin_margin_db": args.twin_margin}),
+        twin_margin_db=args.twin_margin,
     )
     print(fit_result_path(args.db))
     return EXIT_OK

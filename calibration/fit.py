@@ -459,7 +459,7 @@ def fit(
     static_evals: int = 40,
     residual_change: bool = False,
     replay_compounding: str = "calibrated",
-    twin_margin_db: float = TWIN_MARGIN_DB,
+    twin_margin_db: float | None = None,
 ) -> dict[str, Any]:
     """Fit a policy's predictor and operating points from the store at `db`; returns the result.
 
@@ -489,7 +489,7 @@ def fit(
             where it has them; ``"segments"``: the uncalibrated rule (`calibration.replay`).
         twin_margin_db: a point ships score-driven only when it beats its static twin on the
             holdout runs by more than this many dB (mean over the runs of 20·log10(twin error ÷
-            point error)); otherwise the twin ships. A tie is no win: where the score moves no
+            point error)); otherwise the twin ships (None: `TWIN_MARGIN_DB`, 0.5). A tie is no win: where the score moves no
             sample's mask, the schedule is the same output, simpler and free to decide.
     """
     if isinstance(trials, bool) or not isinstance(trials, int) or trials < 1:
@@ -500,6 +500,7 @@ def fit(
         raise InputError(f"--static-evals must be a non-negative integer, got {static_evals!r}")
     if search not in ("smooth", "knots"):
         raise InputError(f"--search must be smooth or knots, got {search!r}")
+    twin_margin_db = TWIN_MARGIN_DB if twin_margin_db is None else twin_margin_db
     if isinstance(twin_margin_db, bool) or not isinstance(twin_margin_db, (int, float)) \
             or not math.isfinite(twin_margin_db) or twin_margin_db < 0:
         raise InputError(f"--twin-margin must be a non-negative number of dB, got {twin_margin_db!r}")
