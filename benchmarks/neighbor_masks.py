@@ -9,8 +9,8 @@ than the anchor and the walk never leaves it. This re-runs one-step neighbours o
 the store's calibration runs and prints, per mode, how often replay orders neighbour and anchor
 as the re-run does (on the mean error over runs, as the fit decides), with the neighbour's
 estimate as it is, and with it scaled by the anchor's measured ÷ estimated error on the same run
-("local", what replay now does within `fit --replay-local-moves` moves: the comparison is then
-made estimate against estimate), and the RMS of log(replay ÷ re-run) over the runs.
+("local": the comparison is then made estimate against estimate), and the RMS of log(replay ÷
+re-run) over the runs.
 
     OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/neighbor_masks.py --model toy-cogvideox \
         --db runs/cache/toy-cogvideox.duckdb --per-anchor 4 --moves 2
@@ -30,7 +30,9 @@ and how often the order against the anchor is right, estimate → local:
 The scaling brings the level of a neighbour's error close (RMS 0.02–0.24 at one move): what a
 comparison with *another* kind of candidate needs. Which of two neighbours is better is a
 difference of a few per cent, and replay orders a neighbour against its anchor right on 0.33–0.92
-of them either way: near-equal masks stay a coin toss, scaled or not.
+of them either way: near-equal masks stay a coin toss, scaled or not. Put into replay (a fit
+option for a while), the scaling chose the same points at 40 trials on every toy and a worse
+`balanced` at 200 on toy-cogvideox, so replay does not scale (docs/design.md, "Fit").
 
 The store is copied first; the one given is never written.
 """
