@@ -32,7 +32,7 @@ comparison with *another* kind of candidate needs. Which of two neighbours is be
 difference of a few per cent, and replay orders a neighbour against its anchor right on 0.33–0.92
 of them either way: near-equal masks stay a coin toss, scaled or not. Put into replay (a fit
 option for a while), the scaling chose the same points at 40 trials on every toy and a worse
-`balanced` at 200 on toy-cogvideox, so replay does not scale (docs/design.md, "Fit").
+`balanced` at 200 on toy-cogvideox, so replay does not scale (docs/design.md, "Fit and export").
 
 The store is copied first; the one given is never written.
 """
