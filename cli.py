@@ -147,6 +147,7 @@ def _cmd_fit(args: argparse.Namespace) -> int:
         residual_change=args.residual_change,
         replay_compounding=args.replay_compounding,
         twin_margin_db=args.twin_margin,
+        replay_local_moves=args.replay_local_moves,
     )
     print(fit_result_path(args.db))
     return EXIT_OK
@@ -199,6 +200,12 @@ def _add_fit(sub: argparse._SubParsersAction) -> None:
                    help="how replay adds up a mask's skips: calibrated: per reuse mode, fitted on the store's "
                    "whole-mask re-runs (`collect --mask-runs`) where it has them; segments: the uncalibrated "
                    "rule (linear within a run of skips, quadrature across) (default: %(default)s)")
+    p.add_argument("--replay-local-moves", type=int, default=None, metavar="MOVES",
+                   help="a mask within this many one-step moves of a mask the store re-ran on a run (the evenly "
+                   "spaced anchors, the drawn masks of `collect --mask-runs`) takes replay's estimate scaled by "
+                   "that mask's measured / estimated error on the run, so replay compares a neighbour with its "
+                   "anchor estimate against estimate; 0: only an exact match takes the measured error "
+                   "(default: 2)")
 
 
 # --- export ------------------------------------------------------------------------------------

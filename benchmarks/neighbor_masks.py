@@ -5,17 +5,18 @@ them on every run: the *anchors*, `calibration.mask_runs.anchor_masks`) and move
 step at a time while replay's error falls. At the anchor replay takes the measured error; at a
 neighbour it takes its own estimate. When the estimate is biased (on toy-cogvideox "linear" at
 0.5 it replayed the re-run fit's refined mask at 1.2× its re-run) every neighbour looks worse
-than the anchor and the walk never leaves it. This re-runs one-step neighbours of every anchor on
-the store's calibration runs and prints, per mode, how often replay orders neighbour and anchor
-as the re-run does (on the mean error over runs, as the fit decides), with the neighbour's
-estimate as it is, and with it scaled by the anchor's measured ÷ estimated error on the same run
+than the anchor and the walk never leaves it; replay now scales a neighbour's estimate by its
+anchor's measured ÷ estimated error (`fit --replay-local-moves`). This re-runs one-step
+neighbours of every anchor on the store's calibration runs and prints, per mode, how often
+replay orders neighbour and anchor as the re-run does (on the mean error over runs, as the fit
+decides), with the neighbour's estimate as it is, and with it scaled by the anchor's measured ÷ estimated error on the same run
 ("local": the comparison is then made estimate against estimate), and the RMS of log(replay ÷
 re-run) over the runs.
 
     OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/neighbor_masks.py --model toy-cogvideox \
         --db runs/cache/toy-cogvideox.duckdb --per-anchor 4 --moves 2
 
-Measured (the README's stores, 8 calibration runs, 4 neighbours per anchor and per number of
+Measured (stores with the gain at 8 positions, 8 calibration runs, 4 neighbours per anchor and per number of
 moves, 9 anchors: 12 neighbours per mode and row), RMS log(replay ÷ re-run) estimate → local,
 and how often the order against the anchor is right, estimate → local:
 
@@ -30,9 +31,11 @@ and how often the order against the anchor is right, estimate → local:
 The scaling brings the level of a neighbour's error close (RMS 0.02–0.24 at one move): what a
 comparison with *another* kind of candidate needs. Which of two neighbours is better is a
 difference of a few per cent, and replay orders a neighbour against its anchor right on 0.33–0.92
-of them either way: near-equal masks stay a coin toss, scaled or not. Put into replay (a fit
-option for a while), the scaling chose the same points at 40 trials on every toy and a worse
-`balanced` at 200 on toy-cogvideox, so replay does not scale (docs/design.md, "Fit and export").
+of them either way on these stores, whose gains were measured at 8 positions: a neighbour's
+skips fall between them, and the interpolated gain is what misorders it. With the gain measured
+at every step (`collect --propagation 30`) replay orders 25 of the 26 one-step neighbours of
+toy-cogvideox's evenly spaced 0.5 "linear" mask as re-runs do (23 of 26 before), and the scaling
+is what lets a replay fit's refinement act on that order (docs/design.md, "Fit and export").
 
 The store is copied first; the one given is never written.
 """

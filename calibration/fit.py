@@ -32,7 +32,7 @@ import optuna
 from calibration.compute_cost import CostedObjective, SkipCosts, measure_skip_costs
 from calibration.fitdata import FitData, load_fit_data
 from calibration.objectives import Objective, RerunObjective, RunSpec
-from calibration.replay import ReplayObjective
+from calibration.replay import LOCAL_MOVES, ReplayObjective
 from calibration.replay_trust import replay_check, replay_trust, warn_if_thin
 from calibration.regression import compare_predictors, fit_predictor
 from calibration.search import SearchSpace, open_study, pareto_front, point_from_params, run_search, warm_starts
@@ -115,8 +115,9 @@ class _Objectives:
     """Builds the calib and holdout objectives of one kind, loading the model at most once."""
 
     def __init__(self, kind: str, data: FitData, table: SensitivityTable, model: str | None,
-                 calibrate_compounding: bool = True) -> None:
+                 calibrate_compounding: bool = True, local_moves: int = LOCAL_MOVES) -> None:
         self.kind = kind
+        self.local_moves = local_moves
         self.data = data
         self.table = table
         self.model = model or data.model_name
@@ -154,7 +155,7 @@ class _Objectives:
         masks = self.data.mask_errors
         masks = masks[masks["run_id"].isin(ids)] if len(masks) and self.calibrate_compounding else None
         return ReplayObjective(self.table, steps, errors, g, pos, reuse_errors=reuse, run_gains=prop,
-                               corrections=corrections, measured_masks=masks)
+                               corrections=corrections, measured_masks=masks, local_moves=self.local_moves)
 
     def _pipe(self) -> Any:
         if self._loaded is None:
@@ -460,6 +461,7 @@ def fit(
     residual_change: bool = False,
     replay_compounding: str = "calibrated",
     twin_margin_db: float | None = None,
+    replay_local_moves: int | None = None,
 ) -> dict[str, Any]:
     """Fit a policy's predictor and operating points from the store at `db`; returns the result.
 
@@ -487,6 +489,9 @@ def fit(
         replay_compounding: ``"calibrated"`` (default): replay's compounding of a mask's skips is
             calibrated per reuse mode on the store's whole-mask re-runs (`collect --mask-runs`),
             where it has them; ``"segments"``: the uncalibrated rule (`calibration.replay`).
+        replay_local_moves: a mask within this many one-step moves of a mask the store re-ran on a
+            run takes replay's estimate scaled by that mask's measured ÷ estimated error there
+            (`calibration.replay`; None: `LOCAL_MOVES`, 2); 0: only exact matches take a measured error.
         twin_margin_db: a point ships score-driven only when it beats its static twin on the
             holdout runs by more than this many dB (mean over the runs of 20·log10(twin error ÷
             point error)); otherwise the twin ships (None: `TWIN_MARGIN_DB`, 0.5). A tie is no win: where the score moves no
@@ -506,6 +511,9 @@ def fit(
         raise InputError(f"--twin-margin must be a non-negative number of dB, got {twin_margin_db!r}")
     if replay_compounding not in ("calibrated", "segments"):
         raise InputError(f"--replay-compounding must be calibrated or segments, got {replay_compounding!r}")
+    replay_local_moves = LOCAL_MOVES if replay_local_moves is None else replay_local_moves
+    if isinstance(replay_local_moves, bool) or not isinstance(replay_local_moves, int) or replay_local_moves < 0:
+        raise InputError(f"--replay-local-moves must be a non-negative integer, got {replay_local_moves!r}")
     for flag, value in (("--objective", objective), ("--validate", validate)):
         if value not in (None, "rerun", "replay"):
             raise InputError(f"{flag} must be rerun or replay, got {value!r}")
@@ -537,7 +545,7 @@ def fit(
     forecasts = ("none", "linear", "taylor") if kind == "rerun" else \
         tuple(m for m in ("none", "linear", "taylor") if m == "none" or m in measured_modes)
     calibrate = replay_compounding == "calibrated"
-    objectives = _Objectives(kind, data, table, model, calibrate)
+    objectives = _Objectives(kind, data, table, model, calibrate, replay_local_moves)
     costs = _skip_costs(objectives if "rerun" in (kind, validate_kind) else None, forecasts, data.skip_costs)
     space = SearchSpace.from_scores(scores.to_numpy(np.float64), knots, data.num_steps, forecasts=forecasts,
                                     skip_costs=costs)
@@ -550,7 +558,9 @@ def fit(
     # "fit2": per-mode predictors score the trials, so a study of the earlier fit does not resume;
     # "fit3rc": with the residual-change term
     # "-seg": a replay fit with the uncalibrated compounding (the calibrated one scores trials otherwise)
-    uncalibrated = "-seg" if kind == "replay" and not calibrate else ""
+    # "-locN": a replay fit whose measured masks' neighbours take their ratio (N moves; trials score otherwise)
+    uncalibrated = ("-seg" if not calibrate else "") + (f"-loc{replay_local_moves}" if replay_local_moves else "") \
+        if kind == "replay" else ""
     study_name = (f"sencache-{'fit3rc' if residual_change else 'fit2'}-{search}-{kind}{uncalibrated}-k{knots}-"
                   f"f{len(forecasts)}-s{seed}-{(data.digest or 'nodigest')[:12]}")
     study = open_study(_storage(storage, data.path), seed, study_name)
@@ -583,7 +593,8 @@ def fit(
     front = pareto_front(study)
     chosen = _choose_points(front, space, targets, calib_obj, predictors, refine_evals, point_of, static_evals,
                             nfe_of)
-    checker = objectives if validate_kind == kind else _Objectives(validate_kind, data, table, model, calibrate)
+    checker = objectives if validate_kind == kind else _Objectives(validate_kind, data, table, model, calibrate,
+                                                                   replay_local_moves)
     holdout_obj = _costed(checker.for_split("holdout"), costs)
     validation = "holdout" if holdout_obj is not None else "calib (no holdout runs in the store)"
     check_obj = holdout_obj or _costed(checker.for_split("calib"), costs)
@@ -703,6 +714,7 @@ def fit(
         # replay's compounding per reuse mode, calibrated on the store's whole-mask re-runs
         "replay_compounding": None if "replay" not in (kind, validate_kind) else {
             "rule": replay_compounding,
+            "local_moves": replay_local_moves,
             "modes": {m: c._asdict() for m, c in sorted((objectives if kind == "replay" else checker).corrections().items())}},
         "references": references,
     }

@@ -92,7 +92,7 @@ def test_a_store_without_propagation_rows_warns_with_the_command_that_adds_them(
     with caplog.at_level(logging.WARNING):
         result = fit(db, trials=2, objective="replay", show_progress=False, plot=False)
     warned = [r.getMessage() for r in caplog.records if "not to be trusted" in r.getMessage()]
-    assert warned and "--propagation 8" in warned[0] and "no propagation rows" in warned[0]
+    assert warned and "--propagation 12" in warned[0] and "no propagation rows" in warned[0]
     assert result["replay_trust"]["thin"] is True
     assert result["search_space"]["forecasts"] == ["none", "linear"]  # the modes the store measured
 
@@ -102,7 +102,21 @@ def test_a_store_whose_gains_came_from_a_small_perturbation_warns(tmp_path):
     db = make_store(tmp_path / "delta.duckdb", runs=4, holdout=2, propagation_direction="random")
     trust = replay_trust(load_fit_data(db))
     assert trust.thin and any("small perturbation" in p and "6 run(s)" in p for p in trust.problems)
-    assert "--propagation 8" in trust.remedy
+    assert "--propagation 12" in trust.remedy
+
+
+def test_a_store_with_propagation_at_only_some_steps_warns_with_every_step(data):
+    # Fails when 6 positions count as enough (the earlier rule): between measured positions a
+    # skip takes an interpolated gain, which put toy-cogvideox's single skips at 0.89–1.64×.
+    from dataclasses import replace
+
+    every = replay_trust(data)
+    assert every.propagation_positions == 12 and not any("interpolated" in p for p in every.problems)
+    prop = data.propagation
+    sparse = replay_trust(replace(data, propagation=prop[prop["step"].isin([1, 3, 5, 7, 9, 11])]))
+    assert sparse.propagation_positions == 6 and sparse.thin
+    assert any("at 6 of the 11 steps after the first" in p and "interpolated" in p for p in sparse.problems)
+    assert "--propagation 12" in sparse.remedy
 
 
 def test_a_forecast_point_is_carried_by_its_own_modes_gain(data, tmp_path):
@@ -119,7 +133,7 @@ def test_a_forecast_point_is_carried_by_its_own_modes_gain(data, tmp_path):
     trust = replay_trust(load_fit_data(db))
     assert trust.gain_modes == ("none",) and trust.thin
     assert any("no propagation gain of reuse mode(s) linear" in p for p in trust.problems)
-    assert "--propagation 8" in trust.remedy
+    assert "--propagation 12" in trust.remedy
     assert replay_trust(data).gain_modes == ("linear", "none")
 
 
@@ -374,7 +388,7 @@ def test_a_replay_fit_calibrates_its_compounding_on_the_stores_masks_and_says_so
     assert {m: c["masks"] for m, c in calibrated["modes"].items()} == {"none": 12, "linear": 12}  # calib runs only
     plain = fit(db, trials=2, objective="replay", show_progress=False, plot=False, static_evals=0,
                 replay_compounding="segments")
-    assert plain["replay_compounding"] == {"rule": "segments", "modes": {}}
+    assert plain["replay_compounding"] == {"rule": "segments", "local_moves": 2, "modes": {}}
     assert plain["study"]["name"] != result["study"]["name"]  # one study never resumes the other
     assert not any("whole-mask" in p for p in result["replay_trust"]["problems"])
 
@@ -395,3 +409,40 @@ def test_a_mask_the_store_re_ran_replays_to_its_measured_error_on_that_run_alone
     assert got[0] == 0.123  # its own run and mode
     assert got[1:] == pytest.approx(estimate[1:])  # another mode's re-run says nothing of this one
     assert exact.evaluate(PREDICTOR, _even("none")).per_run_error[1] == 0.456
+
+
+def _moved(steps: list[int], moves: int) -> list[int]:
+    """`steps` with its first `moves` interior computed steps each moved one step later."""
+    out = sorted(steps)
+    for j in range(1, 1 + moves):
+        assert out[j] + 1 not in out
+        out[j] += 1
+    return out
+
+
+def test_a_neighbour_of_a_measured_mask_takes_that_masks_measured_over_estimated_ratio(data):
+    # Fails when a one-step neighbour of a re-run mask keeps replay's own estimate: it was then
+    # compared with the anchor's measurement, so replay's bias at the anchor decided the walk.
+    from calibration.mask_runs import mask_key
+    from policies import StaticSchedule
+
+    plain = _replay(data, run_gains=data.propagation)
+    run = plain.groups[0].run_ids[0]
+    anchor = sorted(_even("linear").schedule.steps(12))
+
+    def point(steps):
+        return OperatingPoint("q", schedule=StaticSchedule(tuple(i / 11 for i in steps)), forecast="linear")
+
+    measured = pd.DataFrame({"run_id": [run], "mode": ["linear"], "mask": [mask_key(anchor)], "error": [0.5]})
+    anchor_estimate = plain.evaluate(PREDICTOR, point(anchor)).per_run_error[0]
+    for moves, scaled in ((1, True), (2, True), (3, False)):
+        estimate = plain.evaluate(PREDICTOR, point(_moved(anchor, moves))).per_run_error
+        for local_moves in (0, 2):
+            got = _replay(data, run_gains=data.propagation, measured_masks=measured,
+                          local_moves=local_moves).evaluate(PREDICTOR, point(_moved(anchor, moves))).per_run_error
+            want = estimate[0] * 0.5 / anchor_estimate if scaled and local_moves else estimate[0]
+            assert got[0] == pytest.approx(want), (moves, local_moves)
+            assert got[1:] == pytest.approx(estimate[1:])  # the other runs hold no re-run of it
+    assert estimate[0] * 0.5 / anchor_estimate != pytest.approx(estimate[0])  # the scaling is not the identity
+    with pytest.raises(ValueError, match="local_moves"):
+        _replay(data, measured_masks=measured, local_moves=-1)

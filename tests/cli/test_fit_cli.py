@@ -31,6 +31,15 @@ def test_fit_takes_the_twin_margin_and_defaults_to_half_a_decibel(tmp_path):
     assert read_fit_result(db)["twin_margin_db"] == 2.5
 
 
+def test_fit_takes_replays_local_moves_and_defaults_to_two(tmp_path):
+    db = make_store(tmp_path / "calib.duckdb", runs=2, holdout=0)
+    assert main(["--quiet", "fit", "--db", str(db), "--trials", "2", "--objective", "replay"]) == 0
+    assert read_fit_result(db)["replay_compounding"]["local_moves"] == 2
+    assert main(["--quiet", "fit", "--db", str(db), "--trials", "2", "--objective", "replay",
+                 "--replay-local-moves", "0"]) == 0
+    assert read_fit_result(db)["replay_compounding"]["local_moves"] == 0
+
+
 def test_fit_storage_flag_takes_a_journal_file(tmp_path):
     db = make_store(tmp_path / "calib.duckdb", runs=2, holdout=0)
     storage = tmp_path / "studies" / "shared.log"
@@ -59,9 +68,11 @@ def _empty(tmp_path):
          "sencache-calibrate fit --db"),
         (lambda p: ["fit", "--db", str(make_store(p / "s.duckdb", runs=1, holdout=0)), "--twin-margin", "-1"],
          "--twin-margin must be a non-negative number of dB"),
+        (lambda p: ["fit", "--db", str(make_store(p / "s.duckdb", runs=1, holdout=0)), "--objective", "replay",
+                    "--replay-local-moves", "-1"], "--replay-local-moves must be a non-negative integer"),
     ],
     ids=["missing-store", "empty-store", "no-sensitivities", "zero-trials", "bad-knots", "export-before-fit",
-         "negative-twin-margin"],
+         "negative-twin-margin", "negative-local-moves"],
 )
 def test_bad_input_exits_2_with_the_fix(tmp_path, capsys, argv, message):
     assert main(argv(tmp_path)) == 2
