@@ -15,6 +15,14 @@ re-run) over the runs.
 
     OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/neighbor_masks.py --model toy-cogvideox \
         --db runs/cache/toy-cogvideox.duckdb --per-anchor 4 --moves 2
+    OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/neighbor_masks.py --model toy-cogvideox \
+        --db runs/dense/toy-cogvideox.duckdb --around 0,2,4,6,8,10,12,15,17,19,21,23,25,27,29 --mode linear
+
+The second form takes one mask (here evenly spaced at 0.5 in toy-cogvideox) and every one-step
+neighbour of it: replay orders 23 of the 26 against it as re-runs do on a store with the gain
+at 8 positions (it puts all 26 above the mask, re-runs put three below, one of them 14 % below:
+the re-run fit's `balanced`), and 25 of 26 on a store with the gain at every step
+(`collect --propagation 30`).
 
 Measured (stores with the gain at 8 positions, 8 calibration runs, 4 neighbours per anchor and per number of
 moves, 9 anchors: 12 neighbours per mode and row), RMS log(replay ÷ re-run) estimate → local,
@@ -73,6 +81,31 @@ def static_point(computed: frozenset[int], num_steps: int, mode: str) -> Operati
     return OperatingPoint("neighbour", schedule=StaticSchedule(positions), forecast=mode)
 
 
+def every_neighbour(bench: CandidateBench, mask: frozenset[int], mode: str) -> None:
+    """Print replay's and the re-run's error of each one-step neighbour of `mask` relative to the
+    mask's own (replay without any measured error on either side), and how many orders agree."""
+    n = bench.data.num_steps
+    raw = copy.copy(bench.replay)
+    raw.measured = {}
+
+    def both(m: frozenset[int]) -> tuple[float, float]:
+        point = static_point(m, n, mode)
+        return raw.evaluate(bench.predictors, point).error, bench.rerun.evaluate(bench.predictors, point).error
+
+    replay0, rerun0 = both(mask)
+    print(f"\n## {bench.data.model_name}: every one-step neighbour of {sorted(mask)} ({mode}), ÷ the mask's own error\n")
+    print("| steps changed | replay | re-run | same order |")
+    print("|---|---|---|---|")
+    agree = 0
+    near = neighbours(mask, n)
+    for m in tqdm(near, desc="neighbours"):
+        replay, rerun = both(m)
+        same = (replay < replay0) == (rerun < rerun0)
+        agree += same
+        print(f"| {sorted(mask ^ m)} | {replay / replay0:.3f} | {rerun / rerun0:.3f} | {'yes' if same else 'no'} |")
+    print(f"\nreplay orders {agree} of {len(near)} neighbours against the mask as the re-runs do")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
@@ -81,9 +114,15 @@ def main() -> None:
     parser.add_argument("--per-anchor", type=int, default=6, help="neighbours drawn per anchor (seeded)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--moves", type=int, default=1, choices=(1, 2), help="steps moved: 1, or 1 and 2")
+    parser.add_argument("--around", default=None, metavar="STEPS",
+                        help="instead: every one-step neighbour of this mask (computed steps, comma-separated)")
+    parser.add_argument("--mode", default="linear", help="the reuse mode of --around (default: %(default)s)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     bench = CandidateBench.open(args.model, args.db, Path(tempfile.mkdtemp(prefix="neighbour-masks-")))
+    if args.around:
+        every_neighbour(bench, parse_mask(args.around), args.mode)
+        return
     n = bench.data.num_steps
     raw = copy.copy(bench.replay)
     raw.measured = {}
