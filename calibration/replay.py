@@ -299,11 +299,11 @@ class ReplayObjective:
                                                              self.tail_exponents[mode], steps_out=decided)
             skipped = ~np.stack(decided, axis=1)
             estimated = compound(contributions, segment, self.compounding, skipped, correction)
-            errors.extend(self._exact_where_measured(g, mode, skipped, estimated))
+            errors.extend(self._measured_or_scaled(g, mode, skipped, estimated))
             nfes.extend(computed.tolist())
         return Evaluation(float(np.mean(errors)), float(np.mean(nfes)), errors, nfes)
 
-    def _exact_where_measured(self, g: _ReplayGroup, mode: str, skipped: np.ndarray, estimated: np.ndarray) -> list:
+    def _measured_or_scaled(self, g: _ReplayGroup, mode: str, skipped: np.ndarray, estimated: np.ndarray) -> list:
         """Each run's error: the store's measured one where the point makes a mask the store re-ran
         on that run in that mode; else replay's estimate, scaled by the nearest measured mask's
         measured ÷ estimated error where one lies within `local_moves` moves (module docstring)."""
