@@ -238,6 +238,50 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fit", default=None, help="fit result to read (default: <store>.fit.json)")
 
 
+# --- recheck -----------------------------------------------------------------------------------
+
+
+def _cmd_recheck(args: argparse.Namespace) -> int:
+    import json
+
+    from calibration.recheck import recheck
+
+    verdicts, document = recheck(args.db, args.policy, twin_margin_db=args.twin_margin, model=args.model)
+    for v in verdicts:
+        print(f"{v.name}: the score gains {v.gain_db:+.2f} ± {v.gain_db_standard_error:.2f} dB over its own usual "
+              f"mask on {v.runs} holdout runs: ships {'static' if v.ships_static else 'score-driven'}")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(document, indent=2) + "\n")
+    print(args.out)
+    return EXIT_OK
+
+
+def _add_recheck(sub: argparse._SubParsersAction) -> None:
+    p = _command(
+        sub,
+        "recheck",
+        _cmd_recheck,
+        """Judge a policy's score-driven points by the twin rule, on a store's holdout runs.
+
+        A point ships score-driven only when it beats its own most common mask by more than the
+        margin (fit --twin-margin); recheck applies that rule to a policy made before it, or by
+        hand, without a refit: each score-driven point (not the paper reference) against its usual
+        mask on the store's calibration runs, both re-run on the holdout runs. A point that does
+        not win is written as that mask, a static schedule of its reuse mode; the provenance
+        records every verdict. The store must be of the policy's model.
+
+        Example:
+          sencache-calibrate recheck --db calib.duckdb --policy policies/my-model.json --out policies/my-model.json
+        """,
+    )
+    p.add_argument("--db", required=True, help="a calibration store of the policy's model, with holdout runs")
+    p.add_argument("--policy", required=True, help="the policy JSON to judge")
+    p.add_argument("--out", required=True, help="policy JSON to write (may be --policy itself)")
+    p.add_argument("--twin-margin", type=float, default=None, metavar="DB",
+                   help="dB the score must gain over the usual mask to stay score-driven (default: 0.5, as fit)")
+    p.add_argument("--model", default=None, help="model to re-run (default: the store's model name)")
+
+
 # --- collect -----------------------------------------------------------------------------------
 
 
@@ -518,7 +562,7 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
 
 # --- the parser -------------------------------------------------------------------------------
 
-_ADDERS = [_add_quickstart, _add_generate, _add_fit, _add_export, _add_collect, _add_store, _add_zoo, _add_bench]
+_ADDERS = [_add_quickstart, _add_generate, _add_fit, _add_export, _add_recheck, _add_collect, _add_store, _add_zoo, _add_bench]
 
 
 def build_parser() -> argparse.ArgumentParser:

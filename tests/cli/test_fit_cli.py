@@ -90,7 +90,7 @@ def test_mixed_models_exit_2(tmp_path, capsys):
     assert "mixes runs of 2 models" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("command", ["fit", "export"])
+@pytest.mark.parametrize("command", ["fit", "export", "recheck"])
 def test_help_has_an_example(command, capsys):
     with pytest.raises(SystemExit):
         build_parser().parse_args([command, "--help"])
