@@ -18,13 +18,16 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from calibration.fit import TWIN_MARGIN_DB, _costed, _Objectives, _skip_costs
 from calibration.fitdata import load_fit_data
-from calibration.shapes import paired_gain_db
+from calibration.shapes import Twin, paired_gain_db
 from calibration.static_refine import static_equivalent
 from calibration.stepcounts import static_nfe_by_steps
 from policies import InputError, OperatingPoint, Policy
@@ -102,7 +105,17 @@ def recheck(db: str | Path, policy_path: str | Path, twin_margin_db: float | Non
                 **own.to_dict(), "expected_nfe_fraction": max(static.nfe_fraction, 1e-6),
                 "expected_error": static.error, "expected_nfe_by_steps": static_nfe_by_steps(own)})
             index = next(i for i, p in enumerate(document["operating_points"]) if p["name"] == point.name)
+            replaced = document["operating_points"][index]
             document["operating_points"][index] = shipped.to_dict()
+            # the point is its own twin now: `bench`'s sencache-static runs the very same schedule
+            differences = [a - b for a, b in zip(scored.per_run_error, static.per_run_error)]
+            spread = float(np.std(differences, ddof=1) / math.sqrt(len(differences))) if len(differences) > 1 \
+                else float("nan")
+            twin = Twin(replace(shipped, name=f"{point.name}-static"), "the point's own usual mask (recheck)",
+                        float(np.mean(differences)), spread, len(differences), verdict.gain_db,
+                        verdict.gain_db_standard_error)
+            twins = document.setdefault("provenance", {}).setdefault("metrics", {}).setdefault("static_twins", {})
+            twins[point.name] = {**twin.to_dict(), "replaced": replaced}
     document.setdefault("provenance", {})["recheck"] = {
         "store": str(data.path), "store_digest": data.digest, "twin_margin_db": margin,
         "holdout_runs": len(data.run_ids("holdout")), "points": [v.to_dict() for v in verdicts]}

@@ -10,6 +10,7 @@ import torch
 
 import sencache
 import calibration.recheck as recheck_module
+from calibration.baselines.sencache_static import twin_of
 from calibration.export import export
 from calibration.fit import fit
 from calibration.models import load_model
@@ -77,6 +78,9 @@ def test_a_point_the_score_never_moves_ships_as_its_own_mask(tiny, shipped):
     assert _mask(tiny, rechecked, "balanced") == [True, False, True, False, True, True]
     assert _mask(tiny, Policy.load(path), "balanced") == [True, False, True, False, True, True]
     assert document["provenance"]["recheck"]["points"][0]["ships"] == "static"
+    # bench's sencache-static of a point that ships static runs that very schedule: +0.00 dB
+    twin, origin = twin_of(rechecked, "balanced", STEPS)
+    assert twin.schedule == point.schedule and twin.forecast == point.forecast and "recheck" in origin
     # the other points are written as they were
     before = {p["name"]: p for p in json.loads(path.read_text())["operating_points"]}
     assert [p for p in document["operating_points"] if p["name"] != "balanced"] == \
