@@ -3,9 +3,13 @@
 The twin of a point is the best static schedule of the same search and reuse mode at the same
 compute (`calibration.shapes.static_twin`), stored by `export` in the policy's provenance
 (``metrics.static_twins[<point>].point``). Run beside `sencache` at the same knob, the matched
-table shows the difference the per-sample score makes. A point without a stored twin (a policy
-fitted before twins, or a point that is itself static) gets evenly spaced skipping at its
-expected compute fraction and reuse mode, and the bench notes say so.
+table shows the difference the per-sample score makes. A point that ships static is its own
+twin (the score adds nothing to it, by construction): a stored twin of such a point is the
+schedule it was judged against — of another reuse mode where the holdout preferred the shipped
+one (toy-cogvideox's `fast`) — and reading it would credit the score with a difference between
+two schedules. A score-driven point without a stored twin (a policy fitted before twins) gets
+evenly spaced skipping at its expected compute fraction and reuse mode, and the bench notes say
+so.
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ def static_knobs(policy: Policy) -> list[str]:
 def twin_of(policy: Policy, name: str, num_steps: int) -> tuple[OperatingPoint, str]:
     """The static twin of operating point `name` and where it came from."""
     point = policy.operating_point(name)
+    if point.static:
+        return replace(point, name=f"{name}-static"), "the point itself (it ships static)"
     stored = ((policy.provenance.get("metrics") or {}).get("static_twins") or {}).get(name) or {}
     if stored.get("point"):
         twin = OperatingPoint.from_dict({**stored["point"], "name": f"{name}-static"})

@@ -255,3 +255,22 @@ def test_sencache_static_runs_each_points_static_twin():
     finally:
         handle.remove()
     assert [i for i in range(STEPS) if mask[0, i]] == sorted(point.schedule.steps(STEPS))
+
+
+def test_a_point_that_ships_static_is_its_own_twin():
+    # its stored twin is the schedule it was judged against (toy-cogvideox's `fast`: a "taylor"
+    # mask, where the "linear" schedule that won on the holdout ships): the score adds nothing
+    from calibration.baselines.sencache_static import twin_of
+    from policies import StaticSchedule
+
+    data = _policy(load_model("tiny-wan").pipe.transformer).to_dict()
+    shipped = StaticSchedule((0.0, 0.4, 1.0), 0.5)
+    data["operating_points"][0] = {"name": "flat", "schedule": shipped.to_dict(), "forecast": "linear",
+                                   "expected_nfe_fraction": 0.5, "expected_error": 0.01}
+    judged = {"name": "x", "schedule": StaticSchedule((0.0, 0.2, 1.0), 0.5).to_dict(), "forecast": "taylor",
+              "expected_nfe_fraction": 0.5, "expected_error": None}
+    data["provenance"] = {"metrics": {"static_twins": {"flat": {"origin": "the point's own usual mask",
+                                                               "point": judged}}}}
+    twin, origin = twin_of(Policy.from_dict(data), "flat", STEPS)
+    assert (twin.schedule, twin.forecast, twin.name) == (shipped, "linear", "flat-static")
+    assert "itself" in origin
