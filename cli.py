@@ -191,7 +191,7 @@ def _add_fit(sub: argparse._SubParsersAction) -> None:
                    "runtime tracks it per sample. Off by default: on the toys it lifts the forecast modes' "
                    "held-out rho from 0.69-0.86 to 0.94-0.97; toy-wan's shipped policy uses it (every point "
                    "score-driven and ahead of its static twin), but a refit with it trades quality between "
-                   "compute fractions (README, 'The residual-change term')")
+                   "compute fractions (docs/experiments.md, 'The residual-change term')")
     p.add_argument("--twin-margin", type=float, default=None, metavar="DB",
                    help="a point ships score-driven only when it beats its static twin (the best static schedule "
                    "of the same reuse mode at its compute) on the holdout runs by more than this many dB of "

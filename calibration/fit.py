@@ -55,7 +55,7 @@ MIN_HOLDOUT_RUNS = 6
 # A score-driven point must beat its static twin on the holdout runs by more than this (dB of the
 # paired per-run error). Half a decibel: toy-ltx's score-driven points won their 6 holdout runs
 # by 0.22 and 0.34 dB and lost 3.1 and 0.3 dB to their twins on the bench's held-out prompts
-# (README, "A point ships score-driven only when the score clearly wins").
+# (docs/experiments.md, "A point ships score-driven only when the score clearly wins").
 TWIN_MARGIN_DB = 0.5
 #: Models small enough that the default objective is real re-runs.
 _SMALL_MODELS = ("toy-", "tiny-")

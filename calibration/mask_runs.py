@@ -16,7 +16,7 @@ stored (`mask_errors`, store schema 4). Replay calibrates its compounding on the
 candidates at its targets in every mode (`anchor_masks`), and replay takes those measured errors
 as they are wherever a point makes one of those masks on that run: on toy-cogvideox replay put
 evenly spaced "linear" refined at 0.5 1.5–1.8× above its re-run, so a replay fit passed it over,
-and the worst regret on 10 held-out prompts fell from 4.7 to 1.8 dB with the anchors (README).
+and the worst regret on 10 held-out prompts fell from 4.7 to 1.8 dB with the anchors (docs/experiments.md, "Replay against re-runs").
 Each mask costs one more pipeline call per run.
 """
 

@@ -30,7 +30,7 @@ fourth term, weight e: the sample's own change between its last two computed res
 the runtime tracks at no model cost (`sencache.residual_change`). It is what a forecast
 extrapolates, so it tells where a forecast will miss: on toy-wan it lifts the forecast modes'
 held-out ρ from 0.86 to 0.96. It is offered only on request (`fit --residual-change`: toy-wan's
-shipped policy uses it; refits with it trade quality between compute fractions, README), and a mode then keeps it
+shipped policy uses it; refits with it trade quality between compute fractions, docs/experiments.md), and a mode then keeps it
 only where it lifts the held-out ρ by `RC_MIN_GAIN` on the rows that have it (a reference with
 no computed step before it has none); `with_residual_change` records both fits either way.
 """
