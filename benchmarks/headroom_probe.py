@@ -99,8 +99,9 @@ class _Runner:
     kwargs: dict[str, Any]
     seed: int
 
-    def frames(self, point: OperatingPoint | None) -> tuple[list[np.ndarray], list[float]]:
-        """Decoded frames per prompt of one batched call, and each sample's computed fraction."""
+    def frames(self, point: OperatingPoint | None, generator: Any = None) -> tuple[list[np.ndarray], list[float]]:
+        """Decoded frames per prompt of one batched call, and each sample's computed fraction
+        (`generator`: the call's, default one seeded with `seed`)."""
         pipe = self.loaded.pipe
         handle = None
         if point is not None:
@@ -108,7 +109,7 @@ class _Runner:
             handle = sencache.apply(pipe, single, operating_point=point.name)
         try:
             with torch.no_grad():
-                out = pipe(self.prompts, generator=torch.Generator().manual_seed(self.seed), output_type="np",
+                out = pipe(self.prompts, generator=generator or torch.Generator().manual_seed(self.seed), output_type="np",
                            **self.kwargs)
             compute = [1.0] * len(self.prompts)
             if handle is not None:

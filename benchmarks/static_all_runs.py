@@ -7,8 +7,9 @@ the most training data a fit could use), and on the calibration runs alone, then
 on the headroom probe's held-out prompts (PSNR of decoded frames against full compute) beside
 the probe's best mask, a score-driven point shaped like the all-runs mask
 (`calibration.shapes.mask_shaped_point`, its level bisected to half the steps on the replay of
-the calibration runs) and the shipped `balanced` point. Errors on the store's runs are RMS
-latent errors of real re-runs under the shipped policy's predictors.
+the calibration runs) and the shipped `balanced` point; beside each, the same PSNR on the
+store's own runs (their prompts and seeds; calibration and holdout apart) and the RMS latent
+errors of real re-runs that `fit` scores them by, under the shipped policy's predictors.
 
     OMP_NUM_THREADS=1 python benchmarks/static_all_runs.py --model toy-wan --db runs/cache/toy-wan.duckdb \
         [--evals 80] [--probe-mask 0,2,4,7,10,13,15,17,20,22,24,25,27,28,29]
@@ -74,6 +75,8 @@ def main() -> None:
     kwargs["num_inference_steps"] = n
     run = _Runner(loaded, policy, heldout_prompts()[: args.prompts], kwargs, 0)
     reference, _ = run.frames(None)
+    store_runs = _StoreRuns(loaded, policy, calib.runs + holdout.runs, kwargs)
+    store_reference = store_runs.frames(None)
     print(f"{args.model}: {len(calib.runs)} calibration + {len(holdout.runs)} holdout runs; "
           f"PSNR on {args.prompts} held-out prompts at {n} steps")
     rows = [("evenly spaced", evenly), ("probe mask", probe), ("refined on all runs", on_all),
@@ -85,7 +88,22 @@ def main() -> None:
         where = "" if not point.static else f" computes {sorted(point.schedule.steps(n))}"
         errors = "  ".join(f"{name} {obj.evaluate(predictors, point).error:.4f}"
                            for name, obj in (("calib", calib), ("holdout", holdout)))
-        print(f"  {label:30s} {value:6.2f} dB  compute {np.mean(compute):.3f}  store error: {errors}{where}")
+        own = np.array([psnr(f, r) for f, r in zip(store_runs.frames(point), store_reference)])
+        print(f"  {label:30s} {value:6.2f} dB  compute {np.mean(compute):.3f}  on the store's runs: PSNR calib "
+              f"{own[:len(calib.runs)].mean():.2f} holdout {own[len(calib.runs):].mean():.2f}, RMS error {errors}"
+              f"{where}")
+
+
+class _StoreRuns:
+    """The store's runs (each its own prompt and seed) in one batched call, decoded."""
+
+    def __init__(self, loaded, policy: Policy, runs: list, kwargs: dict) -> None:
+        self.runner = _Runner(loaded, policy, [r.prompt for r in runs], kwargs, 0)
+        self.seeds = [int(r.seed) for r in runs]
+
+    def frames(self, point: OperatingPoint | None) -> list[np.ndarray]:
+        generators = [torch.Generator().manual_seed(s) for s in self.seeds]
+        return self.runner.frames(point, generator=generators)[0]
 
 
 if __name__ == "__main__":

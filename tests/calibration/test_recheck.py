@@ -78,9 +78,14 @@ def test_a_point_the_score_never_moves_ships_as_its_own_mask(tiny, shipped):
     assert _mask(tiny, rechecked, "balanced") == [True, False, True, False, True, True]
     assert _mask(tiny, Policy.load(path), "balanced") == [True, False, True, False, True, True]
     assert document["provenance"]["recheck"]["points"][0]["ships"] == "static"
-    # bench's sencache-static of a point that ships static runs that very schedule: +0.00 dB
-    twin, origin = twin_of(rechecked, "balanced", STEPS)
-    assert twin.schedule == point.schedule and twin.forecast == point.forecast and "recheck" in origin
+    # the provenance's twin is the point itself, the score-driven one it replaced beside it, and
+    # bench's sencache-static runs that very schedule: +0.00 dB
+    stored = document["provenance"]["metrics"]["static_twins"]["balanced"]
+    assert "recheck" in stored["origin"] and stored["replaced"] == CAPPED and stored["gain_db"] == 0.0
+    assert Policy.from_dict(document).provenance["metrics"]["static_twins"]["balanced"]["point"]["schedule"] == \
+        point.schedule.to_dict()
+    twin, _ = twin_of(rechecked, "balanced", STEPS)
+    assert twin.schedule == point.schedule and twin.forecast == point.forecast
     # the other points are written as they were
     before = {p["name"]: p for p in json.loads(path.read_text())["operating_points"]}
     assert [p for p in document["operating_points"] if p["name"] != "balanced"] == \
