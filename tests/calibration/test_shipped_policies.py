@@ -92,3 +92,32 @@ def test_every_shipped_point_computes_what_it_states_at_each_step_count(name):
                 assert got == pytest.approx(stated, abs=0.05), f"{name}/{point.name} at {n} steps"
         finally:
             sencache.remove(loaded.pipe)
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_the_default_point_decides_per_sample_or_ships_static(name):
+    # Issue 16's check on a batch of 3 held-out prompts at 30 steps: a score-driven default point
+    # must show the score at work — `score` among the reasons of its computed steps and samples
+    # that differ in compute and in mask; a point whose steps the zones and the skip cap decide
+    # (toy-cogvideox's `balanced` before `recheck`) is a schedule and must ship as one.
+    from calibration.zoo.data import heldout_prompts
+
+    loaded = load_model(name)
+    policy = Policy.load(POLICIES / f"{name}.json")
+    point = policy.operating_point()
+    handle = sencache.apply(loaded.pipe, policy)
+    try:
+        with torch.no_grad():
+            loaded.pipe(heldout_prompts()[:3], generator=torch.Generator().manual_seed(0), output_type="latent",
+                        **loaded.call_kwargs(num_inference_steps=30))
+        report = handle.report()
+    finally:
+        sencache.remove(loaded.pipe)
+    computed = report.computed.astype(bool)
+    reasons = {r for row, done in zip(report.reasons, computed) for r, c in zip(row, done) if c}
+    masks = {tuple(row) for row in computed.tolist()}
+    if point.static:
+        assert reasons <= {"first", "schedule", "final"} and len(masks) == 1, (name, reasons)
+    else:
+        assert "score" in reasons, f"{name}: score-driven by label, but no step computed for its score: {reasons}"
+        assert len(masks) > 1 and len(set(computed.sum(axis=1).tolist())) > 1, (name, computed.sum(axis=1))
