@@ -18,7 +18,7 @@ so one can read "SenCache holds X of the Y dB per-sample headroom" (Y = oracle â
 X = shipped point âˆ’ best single mask; both also shown over evenly spaced).
 All prompts run in one batched pipeline call per mask (the runtime decides per sample).
 
-    OMP_NUM_THREADS=1 python benchmarks/headroom_probe.py --model toy-wan [--masks 100 --prompts 8]
+    OMP_NUM_THREADS=1 python benchmarks/headroom_probe.py --model toy-wan [--masks 100 --prompts 8] [--policy P]
 """
 
 from __future__ import annotations
@@ -139,6 +139,8 @@ def main() -> None:
     parser.add_argument("--max-skips", type=int, default=2)
     parser.add_argument("--forecast", default="linear", choices=["none", "linear", "taylor"])
     parser.add_argument("--point", default="balanced", help="the shipped operating point to set beside the probe")
+    parser.add_argument("--policy", default=None, help="the policy whose point to set beside the probe "
+                        "(default: the shipped policies/<model>.json)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -146,7 +148,7 @@ def main() -> None:
     m = args.computed if args.computed is not None else n // 2
     loaded = load_model(args.model)
     loaded.pipe.set_progress_bar_config(disable=True)
-    policy = Policy.load(f"policies/{args.model}.json")
+    policy = Policy.load(args.policy or f"policies/{args.model}.json")
     prompts = heldout_prompts()[: args.prompts]
     kwargs = loaded.call_kwargs(num_inference_steps=n)
     kwargs["num_inference_steps"] = n
