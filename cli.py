@@ -298,6 +298,8 @@ def _cmd_collect(args: argparse.Namespace) -> int:
         estimator=args.estimator,
         no_latents=args.no_latents,
         holdout_fraction=args.holdout_fraction,
+        holdout_prompts=read_prompts(args.holdout_prompts, "--holdout-prompts")
+        if args.holdout_prompts is not None else None,
         propagation=args.propagation,
         progress=not args.quiet,
         propagation_direction=args.propagation_direction,
@@ -339,8 +341,13 @@ def _add_collect(sub: argparse._SubParsersAction) -> None:
                    help="trajectory: one extra forward per step on the run itself; reference: the paper's, from the "
                    "zoo's clean clips, three extra forwards per step (default: %(default)s)")
     p.add_argument("--no-latents", action="store_true", help="do not store per-step latents (large models)")
-    p.add_argument("--holdout-fraction", type=float, default=0.25,
-                   help="share of prompts (by hash) whose runs are marked holdout (default: %(default)s)")
+    p.add_argument("--holdout-fraction", type=float, default=None,
+                   help="share of prompts (by hash) whose runs are marked holdout (default: 0.25)")
+    p.add_argument("--holdout-prompts", default=None, metavar="FILE",
+                   help="text file of prompts, one per line, collected after --prompts and held out: every run of "
+                   "these is a holdout run, every run of --prompts a calibration run (instead of the hashed "
+                   "--holdout-fraction), so fit can choose its points on all of --prompts and still judge them "
+                   "on held-out runs")
     p.add_argument("--propagation", type=int, nargs="?", const=6, default=0, metavar="POINTS",
                    help="also measure the propagation gain G(p) at POINTS steps (default when given: 6); "
                    "each point costs one more pipeline call per run and reuse mode measured (the 'cache' gain "

@@ -58,18 +58,19 @@ class CollectSummary:
         )
 
 
-def read_prompts(path: str | Path) -> list[str]:
-    """Prompts of a text file, one per line (blank lines and lines starting with '#' skipped)."""
+def read_prompts(path: str | Path, flag: str = "--prompts") -> list[str]:
+    """Prompts of a text file, one per line (blank lines and lines starting with '#' skipped);
+    `flag` names the option in the error messages."""
     path = Path(path)
     if not path.is_file():
-        raise InputError(f"--prompts {path}: no such file; write one prompt per line")
+        raise InputError(f"{flag} {path}: no such file; write one prompt per line")
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"--prompts {path}: cannot read it ({exc})") from None
+        raise InputError(f"{flag} {path}: cannot read it ({exc})") from None
     prompts = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
     if not prompts:
-        raise InputError(f"--prompts {path}: the file has no prompts; write one prompt per line")
+        raise InputError(f"{flag} {path}: the file has no prompts; write one prompt per line")
     return prompts
 
 
@@ -89,6 +90,10 @@ def default_prompts(model: str, count: int = 12) -> list[str]:
     items = training_prompts()
     step = max(len(items) / max(count, 1), 1.0)
     return [items[int(i * step)] for i in range(min(count, len(items)))]
+
+
+#: The default share of prompts (by hash) whose runs are the holdout.
+HOLDOUT_FRACTION = 0.25
 
 
 def split_of(prompt: str, holdout_fraction: float) -> str:
@@ -256,11 +261,12 @@ def collect(
     k_max: int = 4,
     estimator: str = "trajectory",
     no_latents: bool = False,
-    holdout_fraction: float = 0.25,
+    holdout_fraction: float | None = None,
     propagation: bool | int = False,
     progress: bool = True,
     propagation_direction: str = "cache",
     mask_runs: int | None = None,
+    holdout_prompts: Sequence[str] | None = None,
 ) -> CollectSummary:
     """Record full-compute runs of `model` over `prompts` × `seeds` into the store at `db`.
 
@@ -274,7 +280,8 @@ def collect(
         estimator: "trajectory" (one extra forward per step) or "reference" (the paper's, three
             extra forwards per step from the zoo's clean clips; zoo prompts only).
         no_latents: do not store the per-step latents (for large models).
-        holdout_fraction: share of prompts (by hash) whose runs are marked 'holdout'.
+        holdout_fraction: share of prompts (by hash) whose runs are marked 'holdout' (None: 0.25,
+            or none with `holdout_prompts`).
         propagation: also measure the propagation gain at 6 (or this many) steps; each point
             costs one more pipeline call per run and reuse mode ("cache" measures a gain per mode).
         propagation_direction: what perturbs step p ("cache": step p really skipped by the
@@ -286,6 +293,11 @@ def collect(
             final errors calibrate how replay compounds a mask's skips (`calibration.mask_runs`);
             with any, the fit's evenly spaced candidates (`anchor_masks`) are re-run too. None:
             `MASK_RUNS` with `propagation`, else 0.
+        holdout_prompts: prompts whose runs are all the holdout, collected after `prompts`, whose
+            runs are then all calibration runs: the split chosen, not hashed, so a store can
+            calibrate on every prompt it was meant to (`fit` chooses its points on the
+            calibration runs alone, and 8 runs misorder close candidates) and still hold out
+            enough runs for the twin rule. Not with `holdout_fraction`.
     """
     from calibration.models import load_model
     from store import CalibrationStore, shard_path
@@ -293,6 +305,13 @@ def collect(
     started = time.perf_counter()
     name = model if isinstance(model, str) else model.name
     seed_list = list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
+    if holdout_prompts is not None and holdout_fraction is not None:
+        raise InputError("give --holdout-prompts or --holdout-fraction, not both: with --holdout-prompts the split is "
+                         "those prompts against --prompts")
+    holdout_list = list(holdout_prompts or ())
+    if holdout_prompts is not None and not holdout_list:
+        raise InputError("--holdout-prompts: no prompts given")
+    holdout_fraction = (0.0 if holdout_list else HOLDOUT_FRACTION) if holdout_fraction is None else holdout_fraction
     _validate(steps, k_max, estimator, holdout_fraction, seed_list)
     from calibration.propagation import DIRECTIONS
 
@@ -301,6 +320,12 @@ def collect(
     prompt_list = list(prompts) if prompts is not None else default_prompts(name)
     if not prompt_list:
         raise InputError("no prompts given")
+    both = sorted(set(prompt_list) & set(holdout_list))
+    if both:
+        raise InputError(f"--holdout-prompts: {len(both)} prompt(s) also among --prompts (first: {both[0]!r}); a "
+                         "prompt is either calibrated on or held out")
+    prompt_list += holdout_list
+    held_out = set(holdout_list)
     if estimator == "reference":
         from calibration.estimators import check_reference_prompts
 
@@ -325,7 +350,7 @@ def collect(
     if points:
         extra["propagation_direction"] = propagation_direction
     planned = plan_runs(prompt_list, seed_list, rank, world)
-    rows = [_run_row(loaded, fingerprint, p, s, steps, call, estimator, extra, split_of(p, holdout_fraction)) for p, s in planned]
+    rows = [_run_row(loaded, fingerprint, p, s, steps, call, estimator, extra, "holdout" if p in held_out else split_of(p, holdout_fraction)) for p, s in planned]
 
     from tqdm.auto import tqdm
 

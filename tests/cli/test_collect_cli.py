@@ -118,3 +118,29 @@ def test_prompts_default_only_for_zoo_models(tmp_path, capsys):
 def test_store_merge_without_shards_is_bad_input(tmp_path, capsys):
     _bad(capsys, ["store", "merge", "--out", str(tmp_path / "calib.duckdb")], "shard")
     _bad(capsys, ["store"], "store merge")
+
+
+def test_holdout_prompts_are_the_holdout_and_every_other_prompt_calibrates(tmp_path, prompts, capsys):
+    held = tmp_path / "held.txt"
+    held.write_text("a blue square moving up on a green background\n")
+    db = tmp_path / "c.duckdb"
+    assert cli.main(["--quiet", "collect", "--model", "tiny-wan", "--prompts", str(prompts), "--holdout-prompts",
+                     str(held), "--seeds", "2", "--steps", "3", "--db", str(db)]) == 0
+    capsys.readouterr()
+    with duckdb.connect(str(db), read_only=True) as con:
+        splits = dict(con.execute("SELECT prompt, list(DISTINCT split) FROM runs GROUP BY prompt").fetchall())
+    assert splits == {PROMPT: ["calib"], "a blue square moving up on a green background": ["holdout"]}
+
+
+@pytest.mark.parametrize("held, extra, needle", [
+    (PROMPT, [], "also among --prompts"),
+    ("a blue square moving up on a green background", ["--holdout-fraction", "0.5"], "not both"),
+    ("# nothing but a comment", [], "--holdout-prompts"),
+], ids=["prompt-in-both", "with-a-fraction", "empty-file"])
+def test_holdout_prompts_refuses_what_cannot_split(tmp_path, prompts, capsys, held, extra, needle):
+    path = tmp_path / "held.txt"
+    path.write_text(held + "\n")
+    db = tmp_path / "c.duckdb"
+    _bad(capsys, ["collect", "--model", "tiny-wan", "--prompts", str(prompts), "--holdout-prompts", str(path),
+                  "--steps", "3", "--db", str(db), *extra], needle)
+    assert not db.exists()
