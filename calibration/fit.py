@@ -624,7 +624,7 @@ def fit(
         measured = check_obj.evaluate(predictors, c["point"])
         c["twin"] = None
         if search == "smooth" and holdout_obj is not None and not c["point"].static:
-            from calibration.shapes import static_twin
+            from calibration.shapes import score_moves_masks, static_twin
 
             # the point's own usual mask as a schedule: where the score does not move the mask
             # from sample to sample, this twin is the point itself, and the ablation says so (0)
@@ -634,14 +634,20 @@ def fit(
 
             twin = static_twin(study, c["point"], c["target"], space, calib_obj, holdout_obj, predictors, measured,
                                extra=extra)
-            c["twin"] = twin.to_dict()
+            decides = score_moves_masks(replay_calib, predictors, c["point"])
+            c["twin"] = {**twin.to_dict(), "score_moves_masks": decides}
             logger.info("%r vs its static twin (%s): paired holdout error difference %+.4g ± %.2g, "
                         "score's gain %+.2f ± %.2f dB over %d runs", c["name"], twin.origin, twin.mean_difference,
                         twin.standard_error, twin.gain_db, twin.gain_db_standard_error, twin.runs)
-            if not twin.gain_db > twin_margin_db:  # the score did not clearly beat the schedule: ship the schedule
+            if not decides:  # a schedule in effect: what it gains is its mask's, and a mask ships as a schedule
+                logger.warning("%r: its zones and skip cap decide every step on the calibration runs (the score moves "
+                               "no mask), so whatever it gains over its static twin is not the score's; it ships "
+                               "static", c["name"])
+            elif not twin.gain_db > twin_margin_db:  # the score did not clearly beat the schedule: ship the schedule
                 logger.warning("%r: the score gains %+.2f dB over its static twin on the holdout runs, not more "
                                "than the %.2f dB margin (--twin-margin); it ships static", c["name"], twin.gain_db,
                                twin_margin_db)
+            if not decides or not twin.gain_db > twin_margin_db:
                 c["twin"]["replaced"] = c["point"].to_dict()
                 c["origin"] = f"static twin ({twin.origin})"
                 c["point"] = replace(twin.point, name=c["name"])

@@ -279,6 +279,24 @@ def _with_fraction(point: OperatingPoint, target: float, name: str, space: Searc
                    expected_nfe_fraction=None, expected_error=None, expected_nfe_by_steps=None)
 
 
+#: ε "above every score": with it only the zones and the skip cap decide a step
+_ABOVE_EVERY_SCORE = 1e30
+
+
+def score_moves_masks(objective: Any, predictors: Any, point: OperatingPoint) -> bool:
+    """Whether the score moves any step of score-driven `point` on `objective`'s runs (an
+    objective with `masks`, the replay of stored trajectories): its masks against those of the
+    same zones and skip cap with ε above every score. A point whose steps the zones and the cap
+    alone decide is a schedule in effect, and what it gains over its static twin is its mask's,
+    not the score's: toy-ltx's `balanced` fitted on 14 calibration prompts computed 8 warm-up
+    steps and then every third step, the last ones skipped, the same mask for every sample, and
+    beat its twin (that mask with the last step computed, as a static schedule always does) by
+    1.4 dB on the holdout runs."""
+    capped = replace(point, eps=EpsSchedule(point.eps.positions, tuple(_ABOVE_EVERY_SCORE for _ in point.eps.values)),
+                     expected_nfe_fraction=None, expected_error=None)
+    return objective.masks(predictors, point) != objective.masks(predictors, capped)
+
+
 def static_twin(study: optuna.Study, point: OperatingPoint, target: float, space: SearchSpace,
                 calib: Objective, holdout: Objective, predictors: Any, measured: Any,
                 candidates: int = 3, extra: list[tuple[str, OperatingPoint]] = ()) -> Twin:

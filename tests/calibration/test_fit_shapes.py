@@ -241,3 +241,19 @@ def test_a_score_driven_point_scaled_down_to_a_lower_target_may_take_one_more_sk
                             refine_evals=12, point_of=trial_point)
     assert chosen[0]["point"].max_skips == 1 and not chosen[0]["point"].static
     assert chosen[1]["origin"] == "balanced with K + 1" and chosen[1]["point"].max_skips == 2
+
+
+def test_a_point_whose_zones_and_cap_decide_every_step_is_told_from_one_the_score_moves(tmp_path):
+    # ε above every score: the skip cap alone decides, and the fit must not credit the score with
+    # what that mask gains over its twin; ε at the scores' own level moves steps
+    from calibration.shapes import score_moves_masks
+    from policies import EpsSchedule, OperatingPoint, Predictor
+    from tests.calibration.test_fit_search import _replay
+    from tests.calibration.test_fit_store import make_store
+
+    replay = _replay(make_store(tmp_path / "s.duckdb", num_steps=12))
+    capped = OperatingPoint("p", eps=EpsSchedule((0.0, 1.0), (1e6, 1e6)), max_skips=2)
+    assert not score_moves_masks(replay, Predictor(), capped)
+    levels = [score_moves_masks(replay, Predictor(), OperatingPoint("p", eps=EpsSchedule((0.0, 1.0), (v, v)),
+                                                                    max_skips=2)) for v in (1e-4, 1e-3, 1e-2, 1e-1)]
+    assert any(levels)
