@@ -12,7 +12,7 @@ store's own runs (their prompts and seeds; calibration and holdout apart) and th
 errors of real re-runs that `fit` scores them by, under the shipped policy's predictors.
 
     OMP_NUM_THREADS=1 python benchmarks/static_all_runs.py --model toy-wan --db runs/cache/toy-wan.duckdb \
-        [--evals 80] [--probe-mask 0,2,4,7,10,13,15,17,20,22,24,25,27,28,29]
+        [--evals 80] [--probe-mask 0,2,4,7,10,13,15,17,20,22,24,25,27,28,29] [--policy P]
 """
 
 from __future__ import annotations
@@ -42,12 +42,14 @@ def main() -> None:
     parser.add_argument("--db", required=True, help="the model's calibration store")
     parser.add_argument("--evals", type=int, default=80, help="evaluations each refinement may spend")
     parser.add_argument("--prompts", type=int, default=8, help="the first P held-out prompts (the probe's)")
+    parser.add_argument("--policy", default=None, help="the policy whose predictors and `balanced` point to use "
+                        "(default: the shipped policies/<model>.json)")
     parser.add_argument("--probe-mask", default="0,2,4,7,10,13,15,17,20,22,24,25,27,28,29",
                         help="a mask to score beside them (default: the headroom probe's best on toy-wan)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     data = load_fit_data(args.db, args.model)
-    policy = Policy.load(f"policies/{args.model}.json")
+    policy = Policy.load(args.policy or f"policies/{args.model}.json")
     predictors = {m: policy.predictors.get(m, policy.predictor) for m in FORECASTS}
     n = data.num_steps
     objectives = _Objectives("rerun", data, policy.sensitivity, args.model, False, 0)
