@@ -242,16 +242,12 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_recheck(args: argparse.Namespace) -> int:
-    import json
-
     from calibration.recheck import recheck
 
-    verdicts, document = recheck(args.db, args.policy, twin_margin_db=args.twin_margin, model=args.model)
+    verdicts, _ = recheck(args.db, args.policy, twin_margin_db=args.twin_margin, model=args.model, out=args.out)
     for v in verdicts:
         print(f"{v.name}: the score gains {v.gain_db:+.2f} ± {v.gain_db_standard_error:.2f} dB over its own usual "
               f"mask on {v.runs} holdout runs: ships {'static' if v.ships_static else 'score-driven'}")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(document, indent=2) + "\n")
     print(args.out)
     return EXIT_OK
 

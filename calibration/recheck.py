@@ -60,11 +60,13 @@ class Verdict:
 
 
 def recheck(db: str | Path, policy_path: str | Path, twin_margin_db: float | None = None,
-            model: str | None = None) -> tuple[list[Verdict], dict[str, Any]]:
+            model: str | None = None, out: str | Path | None = None) -> tuple[list[Verdict], dict[str, Any]]:
     """Judge every score-driven point of the policy at `policy_path` (except `paper`) on the store
     `db`; returns the verdicts and the policy as a dict, each point that lost replaced by its usual
     mask (`static_equivalent` of it, the point's forecast), its compute measured on the holdout
-    runs. Raises `InputError` when the store is of another model or has no holdout runs."""
+    runs, and writes it to `out` when given (whole or not at all: a temporary file beside it,
+    then renamed, so an interrupted recheck never leaves half a policy where `out` was). Raises
+    `InputError` when the store is of another model or has no holdout runs."""
     margin = TWIN_MARGIN_DB if twin_margin_db is None else float(twin_margin_db)
     if not margin >= 0:
         raise InputError(f"--twin-margin must be a non-negative number of dB, got {twin_margin_db!r}")
@@ -120,4 +122,10 @@ def recheck(db: str | Path, policy_path: str | Path, twin_margin_db: float | Non
         "store": str(data.path), "store_digest": data.digest, "twin_margin_db": margin,
         "holdout_runs": len(data.run_ids("holdout")), "points": [v.to_dict() for v in verdicts]}
     Policy.from_dict(document, source=str(policy_path))  # what it writes must load
+    if out is not None:
+        target = Path(out)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(target.name + ".partial")
+        partial.write_text(json.dumps(document, indent=2) + "\n")
+        partial.replace(target)
     return verdicts, document
