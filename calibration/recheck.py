@@ -18,12 +18,9 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from calibration.fit import TWIN_MARGIN_DB, _costed, _Objectives, _skip_costs
 from calibration.fitdata import load_fit_data
@@ -110,12 +107,8 @@ def recheck(db: str | Path, policy_path: str | Path, twin_margin_db: float | Non
             replaced = document["operating_points"][index]
             document["operating_points"][index] = shipped.to_dict()
             # the point is its own twin now: `bench`'s sencache-static runs the very same schedule
-            differences = [a - b for a, b in zip(scored.per_run_error, static.per_run_error)]
-            spread = float(np.std(differences, ddof=1) / math.sqrt(len(differences))) if len(differences) > 1 \
-                else float("nan")
-            twin = Twin(replace(shipped, name=f"{point.name}-static"), "the point's own usual mask (recheck)",
-                        float(np.mean(differences)), spread, len(differences), verdict.gain_db,
-                        verdict.gain_db_standard_error)
+            twin = Twin.paired(replace(shipped, name=f"{point.name}-static"), "the point's own usual mask (recheck)",
+                               scored.per_run_error, static.per_run_error)
             twins = document.setdefault("provenance", {}).setdefault("metrics", {}).setdefault("static_twins", {})
             twins[point.name] = {**twin.to_dict(), "replaced": replaced}
     document.setdefault("provenance", {})["recheck"] = {

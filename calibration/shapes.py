@@ -242,6 +242,15 @@ class Twin:
     gain_db: float = 0.0
     gain_db_standard_error: float = float("nan")
 
+    @classmethod
+    def paired(cls, twin: OperatingPoint, origin: str, point_errors: Any, twin_errors: Any) -> Twin:
+        """The twin, paired run by run with the point: the mean error difference and its standard
+        error (NaN for one run), and the dB the point gains (`paired_gain_db`)."""
+        diff = np.asarray(point_errors, dtype=np.float64) - np.asarray(twin_errors, dtype=np.float64)
+        se = float(np.std(diff, ddof=1) / math.sqrt(len(diff))) if len(diff) > 1 else float("nan")
+        gain = paired_gain_db(point_errors, twin_errors)
+        return cls(twin, origin, float(np.mean(diff)), se, int(len(diff)), gain.mean_db, gain.standard_error_db)
+
     def to_dict(self) -> dict[str, Any]:
         # one holdout run has no standard error: null in the JSON (NaN is not JSON)
         se = self.standard_error if math.isfinite(self.standard_error) else None
@@ -331,9 +340,6 @@ def static_twin(study: optuna.Study, point: OperatingPoint, target: float, space
     scored = [(calib.evaluate(predictors, p).error, i, origin, p) for i, (origin, p) in enumerate(options)]
     _, _, origin, twin = min(scored, key=lambda s: s[:2])
     twin_holdout = holdout.evaluate(predictors, twin)
-    diff = np.asarray(measured.per_run_error, dtype=np.float64) - np.asarray(twin_holdout.per_run_error, dtype=np.float64)
-    se = float(np.std(diff, ddof=1) / math.sqrt(len(diff))) if len(diff) > 1 else float("nan")
-    gain = paired_gain_db(measured.per_run_error, twin_holdout.per_run_error)
     twin = OperatingPoint.from_dict({**twin.to_dict(), "expected_nfe_fraction": max(twin_holdout.nfe_fraction, 1e-6),
                                      "expected_error": twin_holdout.error})
-    return Twin(twin, origin, float(np.mean(diff)), se, int(len(diff)), gain.mean_db, gain.standard_error_db)
+    return Twin.paired(twin, origin, measured.per_run_error, twin_holdout.per_run_error)
